@@ -1,0 +1,168 @@
+"""The :class:`Normalizer` interface and the normalizer registry.
+
+A normalizer maps source-system images (X) to the target system's appearance (Y). It never
+reads image files: it receives tensors (:mod:`cellbench.data.sets`) and saves/loads its own
+state in a model folder::
+
+    MODEL_DIR/normalizer.json      {"method": ..., "params": {...}, "cellbench_version": ...}
+    MODEL_DIR/state.safetensors    fitted arrays (when the method has any)
+
+Registration sits beside each definition::
+
+    @register_normalizer
+    class AffineNormalizer(Normalizer):
+        name = "affine"
+        description = "global 3x4 least-squares colour map fitted on paired pixels"
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from ..data.sets import PairedSet, UnpairedSet
+from ..errors import CheckpointError, ConfigError
+from ..presets import load_preset
+from ..registry import Registry
+
+NORMALIZERS: Registry[type[Normalizer]] = Registry("normalizer")
+META_FILE = "normalizer.json"
+STATE_FILE = "state.safetensors"
+
+
+def register_normalizer(cls: type[Normalizer]) -> type[Normalizer]:
+    """Class decorator: register ``cls`` under ``cls.name`` with ``cls.description``."""
+    NORMALIZERS.add(cls.name, cls, cls.description)
+    return cls
+
+
+class Normalizer(ABC):
+    """Map source-system images (X) to the target system's appearance (Y).
+
+    Subclasses set ``name`` and ``description``, take their options as keyword arguments
+    (recorded in ``self.params`` and saved), and implement :meth:`fit`, :meth:`transform`,
+    and — when they have fitted arrays — :meth:`state_dict` / :meth:`load_state_dict`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    #: "paired" methods need registered pairs; "unpaired" ones accept UnpairedSet too.
+    data_kinds: ClassVar[tuple[str, ...]] = ("paired",)
+    #: Whether transform needs fit first.
+    needs_fit: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict[str, Any] = dict(params)
+        self.fitted = not self.needs_fit
+
+    # -- the interface -------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, data: PairedSet | UnpairedSet, *, seed: int = 0) -> Self:
+        """Fit on training data; returns ``self``."""
+
+    @abstractmethod
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        """Map a float ``(N, 3, H, W)`` batch in [0, 1]; same shape out."""
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        """Map ``(N, 3, H, W)`` float images in [0, 1] (CPU or CUDA) to Y's appearance.
+
+        The output has the input's shape, dtype ``float32`` and values in [0, 1].
+        """
+        from ..tensors import check_batch
+
+        check_batch(images)
+        if not self.fitted:
+            raise ConfigError(f"normalizer {self.name!r} must be fitted (or loaded) before transform")
+        out = self._transform(images.float())
+        return out.clamp_(0.0, 1.0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fitted arrays to save (empty for stateless methods)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise CheckpointError(f"normalizer {self.name!r} has no state, but the model folder has some")
+
+    def to(self, device: torch.device | str) -> Self:
+        """Move fitted arrays to ``device`` (no-op by default)."""
+        return self
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if state:
+            save_file(state, str(d / (STATE_FILE + ".tmp")))
+            os.replace(d / (STATE_FILE + ".tmp"), d / STATE_FILE)
+        meta = {"method": self.name, "params": self.params, "cellbench_version": __version__,
+                "fitted": self.fitted, "has_state": bool(state)}
+        tmp = d / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, d / META_FILE)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Self:
+        d = Path(directory)
+        meta = read_meta(d)
+        if meta["method"] != cls.name:
+            raise CheckpointError(
+                f"{d}: holds a {meta['method']!r} model, not {cls.name!r}; pass the right --model folder"
+            )
+        obj = cls(**meta.get("params", {}))
+        if meta.get("has_state"):
+            try:
+                state = load_file(str(d / STATE_FILE))
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(f"{d / STATE_FILE}: cannot read ({exc}); re-fit the model") from None
+            obj.load_state_dict(state)
+        obj.fitted = bool(meta.get("fitted", True))
+        return obj
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = directory / META_FILE
+    if not path.exists():
+        raise CheckpointError(f"{directory}: not a cellbench model folder ({META_FILE} missing); "
+                              "create one with `cellbench fit`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta["method"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: corrupt model description ({exc}); re-fit the model") from None
+    return meta
+
+
+def load_normalizer(directory: str | os.PathLike) -> Normalizer:
+    """Load any saved normalizer, dispatching on the method recorded in ``normalizer.json``."""
+    d = Path(directory)
+    meta = read_meta(d)
+    return NORMALIZERS.get(meta["method"]).load(d)
+
+
+def create_normalizer(name: str, preset: str | None = None, **overrides: Any) -> Normalizer:
+    """Instantiate a registered normalizer from a preset (``models/<name>.toml``) plus overrides."""
+    cls = NORMALIZERS.get(name)
+    params = {**load_preset(name, preset), **overrides}
+    sig = inspect.signature(cls.__init__)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = set(params) - set(sig.parameters)
+        if unknown:
+            raise ConfigError(f"{name}: unknown option(s) {sorted(unknown)}; "
+                              f"known: {sorted(k for k in sig.parameters if k != 'self')}")
+    return cls(**params)

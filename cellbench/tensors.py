@@ -1,0 +1,73 @@
+"""numpy <-> torch conversion and geometric helpers, in one place.
+
+Convention: images inside cellbench's normalizers are ``torch.float32`` tensors of shape
+``(N, 3, H, W)`` with values in ``[0, 1]``; on disk and in metrics they are ``uint8`` arrays of
+shape ``(H, W, 3)`` (or stacks ``(N, H, W, 3)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``uint8`` ``(H, W, 3)`` or ``(N, H, W, 3)`` -> ``float32`` ``(N, 3, H, W)`` in [0, 1]."""
+    a = np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"expected (H, W, 3) or (N, H, W, 3), got {a.shape}")
+    if a.dtype == np.uint8:
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div_(255.0)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(0, 3, 1, 2)
+    return t.contiguous()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``float`` ``(N, 3, H, W)`` in [0, 1] -> ``uint8`` ``(N, H, W, 3)`` (rounded, clipped)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected (N, 3, H, W), got {tuple(images.shape)}")
+    t = images.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
+    return t.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_float_hwc(images: torch.Tensor) -> np.ndarray:
+    """``(N, 3, H, W)`` tensor -> ``float32`` ``(N, H, W, 3)`` numpy (no rounding)."""
+    return images.detach().float().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def check_batch(images: torch.Tensor, what: str = "images") -> None:
+    """Raise ``ValueError`` unless ``images`` is a float ``(N, 3, H, W)`` tensor."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{what} must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{what} must be floating point in [0, 1], got {images.dtype}")
+
+
+def center_crop_or_pad(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bring an ``(H, W, ...)`` array to ``size`` by a centre crop, or reflect-padding when smaller.
+
+    The crop/pad offset is ``(H - h) // 2`` (crop keeps the centre, rounding towards the top-left);
+    padding reflects the border (the background of a cell image continues naturally). Works for
+    images ``(H, W, 3)`` and masks ``(H, W)`` alike, so a pair and its mask stay aligned.
+    """
+    th, tw = (size, size) if isinstance(size, int) else size
+    a = image
+    h, w = a.shape[:2]
+    if h < th or w < tw:
+        ph, pw = max(th - h, 0), max(tw - w, 0)
+        pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (a.ndim - 2)
+        mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
+        a = np.pad(a, pad, mode=mode)
+        h, w = a.shape[:2]
+    top, left = (h - th) // 2, (w - tw) // 2
+    return np.ascontiguousarray(a[top : top + th, left : left + tw])
+
+
+def rotate90(image: np.ndarray, k: int) -> np.ndarray:
+    """Rotate an ``(H, W, ...)`` array by ``k`` x 90 degrees counter-clockwise (paper sec. 5.1)."""
+    return np.ascontiguousarray(np.rot90(image, k=k, axes=(0, 1)))
