@@ -93,6 +93,13 @@ class Normalizer(ABC):
         if state:
             raise CheckpointError(f"normalizer {self.name!r} has no state, but the model folder has some")
 
+    def bind_run_dir(self, directory: Path, *, resume: bool = False) -> None:
+        """Called by ``cellbench fit`` (and the benchmark) before :meth:`fit` with the output folder.
+
+        Trained methods keep checkpoints, logs and sample grids there and continue from the last
+        checkpoint when ``resume`` is true. Closed-form methods ignore it.
+        """
+
     def to(self, device: torch.device | str) -> Self:
         """Move fitted arrays to ``device`` (no-op by default)."""
         return self

@@ -1,0 +1,150 @@
+"""Core commands: ``methods``, ``fit``, ``transform``, ``data check``, ``data download``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _parse_set(values: list[str]) -> dict:
+    """``--set key=value`` pairs; values are parsed as TOML (numbers, booleans, strings, lists)."""
+    out = {}
+    for item in values or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ..methods import NORMALIZERS
+    from ..presets import preset_names
+
+    width = max(len(n) for n in NORMALIZERS.names())
+    for name in NORMALIZERS.names():
+        cls = NORMALIZERS.get(name)
+        presets = preset_names(name)
+        kinds = "/".join(cls.data_kinds)
+        extra = f"  [presets: {', '.join(presets)}]" if presets else ""
+        print(f"{name:<{width}}  {NORMALIZERS.describe(name)} ({kinds}){extra}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ..data.load import load_training_data
+    from ..methods import create_normalizer
+
+    overrides = _parse_set(args.set)
+    for flag, key in (("vgg_weights", "vgg_weights"), ("feature_net", "feature_net"),
+                      ("iterations", "iterations"), ("device", "device"), ("classifier_dir", "classifier_dir")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = str(value) if isinstance(value, Path) else value
+    norm = create_normalizer(args.method, args.preset, **overrides)
+    out = Path(args.out)
+    data = load_training_data(args.data, size=args.size, seed=args.seed, kinds=type(norm).data_kinds)
+    norm.bind_run_dir(out, resume=args.resume)
+    t0 = time.perf_counter()
+    norm.fit(data, seed=args.seed)
+    norm.save(out)
+    print(f"fitted {args.method} on {len(data.x) if hasattr(data, 'x') and hasattr(data.x, 'shape') else ''} "
+          f"training images in {time.perf_counter() - t0:.1f} s; saved to {out}")
+    return 0
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    from ..transform import transform_folder
+
+    summary = transform_folder(args.model, args.input, args.output, batch_size=args.batch_size,
+                               device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"transformed {summary.written} image(s), skipped {summary.existing} already done, "
+          f"{len(summary.failed)} unreadable -> {args.output}")
+    for path, msg in summary.failed:
+        print(f"  unreadable: {msg}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from ..data.check import check_dataset
+
+    rep = check_dataset(args.root, workers=args.workers, progress=not args.quiet)
+    print(f"{rep.root}: {rep.layout} dataset, {rep.files_decoded} files decoded in {rep.seconds:.2f} s "
+          f"({rep.files_decoded / max(rep.seconds, 1e-9):.0f} files/s)")
+    splits = ("train", "val", "test")
+    print(f"  {'class':<14}" + "".join(f"{s:>7}" for s in splits) + f"{'total':>8}")
+    for cls in sorted(rep.counts):
+        c = rep.counts[cls]
+        print(f"  {cls:<14}" + "".join(f"{c[s]:>7}" for s in splits) + f"{sum(c.values()):>8}")
+    if rep.sizes:
+        print("  sizes: " + ", ".join(f"{w}x{h} ({n})" for (h, w), n in rep.sizes.most_common()))
+    for p in rep.problems:
+        print(f"  {p.severity}: [{p.kind}] {p.message}")
+    print(f"  {len(rep.errors)} error(s), {len(rep.warnings)} warning(s)")
+    return 0 if rep.ok else 1
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from ..data.download import download_dataset
+
+    out = download_dataset(args.name, Path(args.to), url=args.url, sha256=args.sha256, progress=not args.quiet)
+    print(f"{args.name} is ready in {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("methods", help="list the registered normalizers")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("fit", help="fit a normalizer on a dataset's train split and save it")
+    p.add_argument("method", help="registry key, e.g. affine, hm, ccgan (see `cellbench methods`)")
+    p.add_argument("--data", required=True, help="dataset: ROOT, paired:ROOT, synthetic[:n=..], cross:x=DIR,y=DIR")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--preset", help="preset name from models/<method>.toml (e.g. quick, paper)")
+    p.add_argument("--size", type=int, default=256, help="image size after centre crop/pad (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method option (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue training from the last checkpoint in --out")
+    p.add_argument("--iterations", type=int, help="training iterations (trained methods)")
+    p.add_argument("--device", help="cpu or cuda (trained methods)")
+    p.add_argument("--vgg-weights", type=Path, help="VGG-16 ImageNet weights file (pcnet)")
+    p.add_argument("--feature-net", choices=["vgg16", "classifier"], help="feature network of pcnet's loss")
+    p.add_argument("--classifier-dir", type=Path, help="trained WBC classifier (for --feature-net classifier)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("transform", help="apply a saved normalizer to every image of a folder tree")
+    p.add_argument("--model", required=True, help="model folder written by `cellbench fit`")
+    p.add_argument("input", help="input folder (searched recursively)")
+    p.add_argument("output", help="output folder (same names and sub-folders)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_transform)
+
+    data = sub.add_parser("data", help="dataset tools: check, download")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda a: (data.print_help(), 1)[1])
+    p = dsub.add_parser("check", help="validate a paired or labelled dataset, reporting every problem")
+    p.add_argument("root")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_data_check)
+    p = dsub.add_parser("download", help="download a public dataset (pbc) into the labelled layout")
+    p.add_argument("name", help="dataset name: pbc")
+    p.add_argument("--to", required=True, help="target folder")
+    p.add_argument("--url", help="override the source URL (a mirror)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_data_download)

@@ -1,0 +1,132 @@
+"""Dataset formats: paired and labelled layouts, classes, splits, check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellbench.data import CLASSES, LabelledFolder, PairedFolder, canonical_class
+from cellbench.data.check import check_dataset
+from cellbench.data.spec import parse_data_spec
+from cellbench.data.splits import read_splits, stratified_split
+from cellbench.errors import ConfigError, DatasetError
+from cellbench.io import write_image, write_mask
+from cellbench.tensors import center_crop_or_pad, rotate90
+
+
+def make_paired(root, classes=("neutrophil", "eosinophil"), n=10, size=(40, 44), masks=True, seed=0):
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        for i in range(n):
+            x = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            write_image(root / "X" / cls / f"c{i:03d}.png", x)
+            write_image(root / "Y" / cls / f"c{i:03d}.png", 255 - x)
+            if masks:
+                write_mask(root / "masks" / cls / f"c{i:03d}.png", (x[..., 0] % 6).astype(np.uint8))
+    return root
+
+
+def test_class_aliases():
+    assert canonical_class("Neutrophils") == "neutrophil"
+    assert canonical_class("SNE") == "neutrophil" and canonical_class("BNE") == "neutrophil"
+    assert canonical_class("MMY") == "ig" and canonical_class("PMY") == "ig" and canonical_class("IG") == "ig"
+    assert canonical_class("Basophil") == "basophil"
+    with pytest.raises(DatasetError, match="Known classes: basophil"):
+        canonical_class("gremlin")
+
+
+def test_stratified_split_is_seeded_and_balanced():
+    keys = [(c, f"{i:04d}") for c in CLASSES for i in range(50)]
+    a = stratified_split(keys, seed=3)
+    assert a == stratified_split(list(reversed(keys)), seed=3)
+    assert a != stratified_split(keys, seed=4)
+    for c in CLASSES:
+        counts = {s: sum(1 for (k, _), v in a.items() if k == c and v == s) for s in ("train", "val", "test")}
+        assert counts == {"train": 40, "val": 5, "test": 5}
+
+
+def test_paired_folder_load_and_split_written_once(tmp_path):
+    root = make_paired(tmp_path / "ds")
+    pf = PairedFolder(root)
+    assert (root / "splits.csv").exists()
+    first = read_splits(root / "splits.csv")
+    assert len(first) == 20
+    PairedFolder(root)
+    assert read_splits(root / "splits.csv") == first  # never changes between runs
+    data = pf.load(None, size=32)
+    assert data.x.shape == (20, 3, 32, 32) and data.masks.shape == (20, 32, 32)
+    # Y was written as 255 - X: the pair stays aligned after the centre crop
+    assert np.allclose((data.x + data.y).numpy(), 1.0, atol=1e-6)
+    rot = pf.load("train", size=32, rotations=True)
+    assert len(rot) == 4 * len(pf.select("train"))
+    assert rot.ids[1].endswith("_rot90")
+
+
+def test_paired_folder_reports_unmatched_and_unknown(tmp_path):
+    root = make_paired(tmp_path / "ds", n=3, masks=False)
+    write_image(root / "X" / "neutrophil" / "orphan.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "Y" / "gremlins").mkdir()
+    with pytest.raises(DatasetError, match="orphan"):
+        PairedFolder(root)
+    pf = PairedFolder(root, strict=False)
+    assert len(pf.items) == 6
+
+
+def test_labelled_folder_aliases_and_sizes(tmp_path):
+    root = tmp_path / "lab"
+    write_image(root / "Neutrophils" / "a.jpg", np.full((30, 30, 3), 100, np.uint8))
+    write_image(root / "SNE" / "b.png", np.full((34, 36, 3), 50, np.uint8))
+    write_image(root / "lymphocyte" / "c.png", np.full((20, 20, 3), 200, np.uint8))
+    lf = LabelledFolder(root)
+    assert lf.classes() == ["lymphocyte", "neutrophil"]
+    s = lf.load(None, size=24)
+    assert s.images.shape == (3, 3, 24, 24) and sorted(s.labels) == ["lymphocyte", "neutrophil", "neutrophil"]
+
+
+def test_check_reports_every_problem(tmp_path):
+    root = make_paired(tmp_path / "ds", n=4)
+    (root / "X" / "neutrophil" / "c000.png").write_bytes(b"garbage")
+    data = (root / "Y" / "eosinophil" / "c001.png").read_bytes()
+    (root / "Y" / "eosinophil" / "c001.png").write_bytes(data[:60])
+    write_image(root / "Y" / "neutrophil" / "lonely.png", np.zeros((40, 44, 3), np.uint8))
+    (root / "X" / "dragons").mkdir()
+    write_mask(root / "masks" / "eosinophil" / "c002.png", np.full((40, 44), 9, np.uint8))
+    rep = check_dataset(root)
+    kinds = {p.kind for p in rep.errors}
+    assert kinds == {"unreadable", "unmatched", "unknown_class", "bad_mask"}
+    assert not rep.ok
+    assert sum(rep.counts["neutrophil"].values()) == 4
+    assert any("c000.png" in p.message for p in rep.errors)
+
+
+def test_check_real_pbc(pbc_dir):
+    rep = check_dataset(pbc_dir)
+    assert rep.ok and rep.files_decoded == 4000
+    assert {c: sum(v.values()) for c, v in rep.counts.items()} == {c: 500 for c in CLASSES}
+    assert rep.sizes.most_common(1)[0][0] == (363, 360)  # (H, W): 360 wide, 363 high
+
+
+def test_real_pbc_through_data_layer(pbc_dir):
+    lf = LabelledFolder(pbc_dir)
+    assert len(lf.items) == 4000 and lf.classes() == list(CLASSES)
+    s = lf.load("test", size=256, limit_per_class=3)
+    assert s.images.shape == (24, 3, 256, 256)
+    assert 0.3 < float(s.images.mean()) < 0.95  # bright-field: mostly light background
+
+
+def test_crop_pad_and_rotate():
+    a = np.arange(5 * 7).reshape(5, 7)
+    assert center_crop_or_pad(a, (3, 3)).tolist() == [[9, 10, 11], [16, 17, 18], [23, 24, 25]]
+    padded = center_crop_or_pad(a, (7, 9))
+    assert padded.shape == (7, 9) and np.array_equal(padded[1:6, 1:8], a)
+    assert np.array_equal(rotate90(rotate90(a, 1), 3), a)
+
+
+def test_data_spec(tmp_path):
+    make_paired(tmp_path / "p", n=3)
+    assert parse_data_spec(str(tmp_path / "p")).kind == "paired"
+    assert parse_data_spec("synthetic:n=40,seed=2").options == {"n": "40", "seed": "2"}
+    with pytest.raises(ConfigError, match="not found"):
+        parse_data_spec("paired:/no/such/dir")
+    with pytest.raises(ConfigError, match="unknown option"):
+        parse_data_spec("synthetic:colour=red")
