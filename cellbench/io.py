@@ -191,15 +191,17 @@ def _atomic_save(img: Image.Image, path: Path, **kwargs) -> None:
         raise
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 95) -> None:
-    """Write ``uint8`` RGB ``(H, W, 3)`` atomically. PNG is lossless and written deterministically."""
+def write_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 95,
+                compress_level: int = 6) -> None:
+    """Write ``uint8`` RGB ``(H, W, 3)`` atomically. PNG is lossless and written deterministically
+    (``compress_level`` 0-9: zlib effort; 1 is ~2.5x faster than 6 for noisy images)."""
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"write_image expects uint8 (H, W, 3), got {a.dtype} {a.shape}")
     p = Path(path)
     kwargs = {"quality": quality} if p.suffix.lower() in (".jpg", ".jpeg") else {}
     if p.suffix.lower() == ".png":
-        kwargs = {"compress_level": 6}
+        kwargs = {"compress_level": compress_level}
     _atomic_save(Image.fromarray(a, "RGB"), p, **kwargs)
 
 

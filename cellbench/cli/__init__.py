@@ -15,7 +15,7 @@ import sys
 from .. import __version__
 from ..errors import CellbenchError
 
-COMMAND_MODULES = ["core"]
+COMMAND_MODULES = ["core", "bench", "sim", "nets"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,7 +98,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_download(args: argparse.Namespace) -> int:
     from ..data.download import download_dataset
 
-    out = download_dataset(args.name, Path(args.to), url=args.url, sha256=args.sha256, progress=not args.quiet)
+    out = download_dataset(args.name, Path(args.to), url=args.url, sha256=args.sha256, progress=not args.quiet,
+                           timeout=args.timeout, keep_archive=args.keep_archive, force=args.force)
     print(f"{args.name} is ready in {out}")
     return 0
 
@@ -146,5 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, help="target folder")
     p.add_argument("--url", help="override the source URL (a mirror)")
     p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds (default 30)")
+    p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
+    p.add_argument("--force", action="store_true", help="download and unpack again even if complete")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_data_download)

@@ -1,0 +1,1 @@
+"""Evaluation: the WBC classifier, metrics, colour statistics, realism, profiling."""

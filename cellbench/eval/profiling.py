@@ -1,0 +1,260 @@
+"""Speed and memory of a normalizer's ``transform``: latency, throughput, peak memory.
+
+:func:`profile_normalizer` times ``normalizer.transform`` on random images of the evaluated size:
+
+* **latency** at batch size 1: median and 90th percentile over ``repeats`` timed calls (ms);
+* **throughput** at the best of ``batch_sizes`` (images/s = batch size / median call time);
+* **peak memory** of the calls, the largest over the batch sizes tried, measured from after the
+  input batch was allocated (so the input is excluded and outputs and intermediates count): on
+  CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before (tensors the
+  transform allocates, not the caching allocator's reserve); on CPU the peak increase of the
+  process's resident set size (RSS) during the first (untimed warm-up) call of each batch size,
+  sampled every 2 ms from ``/proc/self/statm`` by a background thread (Linux; elsewhere the increase of
+  ``resource.getrusage(...).ru_maxrss``, which only sees new lifetime peaks), after glibc's
+  ``malloc_trim(0)`` has returned freed heap pages to the OS. RSS includes
+  allocator caches and pages freed but not returned to the OS, so it is an upper-bound-ish
+  figure good for comparing methods, not an exact allocation count.
+
+``max(warmup, 1)`` untimed calls precede every timed series (lazy initialisation, cuDNN autotuning,
+allocator growth are excluded). A time ``budget`` per method (seconds) bounds the whole profile:
+the timed series stop early when it runs out (at least one timed call each), and larger batch
+sizes are skipped, so a slow method never stalls ``run-all``; the result says so
+(``truncated``). CUDA timings synchronize before and after each call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..results import machine_info
+
+log = logging.getLogger(__name__)
+
+__all__ = ["profile_normalizer", "profile_function"]
+
+
+def _malloc_trim() -> None:
+    """Return freed heap memory to the OS (glibc), so the next RSS increase shows new allocations
+    instead of reusing pages freed by earlier calls. A no-op where glibc is absent."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _RSSSampler:
+    """Peak resident set size (bytes) over a ``with`` block, sampled by a background thread."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.use_proc = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
+        self.start_rss = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rss(self) -> int:
+        if self.use_proc:
+            with open("/proc/self/statm", "rb") as fh:
+                return int(fh.read().split()[1]) * self.page
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        return int(kb) * (1 if sys.platform == "darwin" else 1024)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _RSSSampler:
+        _malloc_trim()
+        self.start_rss = self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def increase_mb(self) -> float:
+        return max(0, self.peak - self.start_rss) / 2**20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def profile_function(
+    fn,
+    *,
+    size: int = 256,
+    device: str | torch.device = "cpu",
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    warmup: int = 2,
+    repeats: int = 10,
+    max_seconds: float = 60.0,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Profile ``fn(images) -> images`` on random ``(B, 3, size, size)`` batches; see the module doc.
+
+    Returns
+    -------
+    dict
+        ``latency_ms_b1`` (median, ms), ``latency_ms_b1_p90`` (ms), ``throughput_ips`` (images/s at
+        the best batch size), ``batch_size`` (that size), ``peak_mem_mb`` (MiB),
+        ``throughput_by_batch`` ({batch size: images/s}), ``n_latency`` (timed batch-1 calls),
+        ``truncated`` (the budget or memory cut the profile short), ``budget_s``, ``device``,
+        ``device_name``, ``image_size``, ``warmup``, ``machine`` (:func:`cellbench.results.machine_info`,
+        including ``torch_threads``).
+
+    ``threads`` sets torch's intra-op thread count for the profile (restored afterwards); None
+    leaves it as it is. On a busy machine more threads can be much slower (they synchronise at
+    every operation), so record the setting with the figures.
+    """
+    if threads is not None:
+        old = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        try:
+            return profile_function(fn, size=size, device=device, batch_sizes=batch_sizes, warmup=warmup,
+                                    repeats=repeats, max_seconds=max_seconds, seed=seed)
+        finally:
+            torch.set_num_threads(old)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1} | {1})
+    gen = torch.Generator().manual_seed(seed)
+    deadline = time.perf_counter() + max_seconds
+    truncated = False
+    timings: dict[int, list[float]] = {}
+
+    def timed(x: torch.Tensor) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn(x)
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    peaks: dict[int, float] = {}
+    with torch.inference_mode():
+        for b in sizes:
+            if b > 1 and time.perf_counter() >= deadline:
+                truncated = True
+                break
+            x = torch.rand(b, 3, size, size, generator=gen).to(dev)
+            # memory is measured from here: the input batch is excluded, the outputs are included
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                base_alloc = torch.cuda.memory_allocated(dev)
+            try:
+                # the first (warm-up, untimed) call runs under the RSS sampler: fresh allocations are
+                # visible there, and the sampler's polling thread cannot compete with timed calls
+                sampler = _RSSSampler() if dev.type != "cuda" else contextlib.nullcontext()
+                with sampler:
+                    fn(x)
+                for _ in range(warmup - 1):
+                    if time.perf_counter() >= deadline and b > 1:
+                        break
+                    timed(x)
+                ts: list[float] = []
+                while len(ts) < repeats:
+                    ts.append(timed(x))
+                    if time.perf_counter() >= deadline:
+                        truncated = truncated or len(ts) < repeats
+                        break
+            except Exception as exc:  # noqa: BLE001 - OOM at a large batch ends the sweep
+                if _is_oom(exc) and b > 1:
+                    log.warning("batch size %d ran out of memory; stopping the throughput sweep", b)
+                    truncated = True
+                    del x
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    break
+                raise
+            timings[b] = ts
+            if dev.type == "cuda":
+                peaks[b] = max(0, torch.cuda.max_memory_allocated(dev) - base_alloc) / 2**20
+            else:
+                peaks[b] = sampler.increase_mb
+            del x
+    if dev.type == "cuda":
+        device_name = torch.cuda.get_device_name(dev)
+    else:
+        device_name = machine_info().get("processor") or "cpu"
+    peak_mb = max(peaks.values())
+    lat = np.asarray(timings[1]) * 1000.0
+    thr = {b: b / float(np.median(ts)) for b, ts in timings.items() if ts}
+    best = max(thr, key=thr.get)
+    return {
+        "latency_ms_b1": float(np.median(lat)),
+        "latency_ms_b1_p90": float(np.percentile(lat, 90)),
+        "throughput_ips": float(thr[best]),
+        "batch_size": int(best),
+        "peak_mem_mb": float(peak_mb),
+        "peak_mem_by_batch": {int(k): float(v) for k, v in peaks.items()},
+        "throughput_by_batch": {int(b): float(v) for b, v in thr.items()},
+        "n_latency": int(len(lat)),
+        "truncated": bool(truncated),
+        "budget_s": float(max_seconds),
+        "device": dev.type,
+        "device_name": device_name,
+        "image_size": int(size),
+        "warmup": int(warmup),
+        "machine": machine_info(),
+    }
+
+
+def profile_normalizer(
+    normalizer,
+    *,
+    size: int = 256,
+    device: str | torch.device = "cpu",
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    warmup: int = 2,
+    repeats: int = 10,
+    max_seconds: float = 60.0,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Profile a fitted :class:`~cellbench.methods.base.Normalizer`'s ``transform``.
+
+    The normalizer is moved to ``device`` first (``normalizer.to(device)``). ``max_seconds`` is the
+    budget of this method's whole profile (warm-up included). See :func:`profile_function` for the
+    returned figures; ``method`` (the normalizer's registry name, if it has one) is added.
+    """
+    if hasattr(normalizer, "to"):
+        normalizer = normalizer.to(device) or normalizer
+    out = profile_function(
+        normalizer.transform, size=size, device=device, batch_sizes=batch_sizes, warmup=warmup,
+        repeats=repeats, max_seconds=max_seconds, seed=seed, threads=threads,
+    )
+    out["method"] = getattr(normalizer, "name", type(normalizer).__name__)
+    return out

@@ -1,0 +1,367 @@
+"""The shared training loop: optimizers, AMP, channels-last, data parallel, logs, samples, checkpoints.
+
+Subclasses (:class:`~cellbench.train.CCGANTrainer`, :class:`~cellbench.train.PCNetTrainer`) define
+their networks and :meth:`Trainer.train_step`, which reads like the paper's algorithm and calls
+:meth:`Trainer.optimize` to step one network while the others are frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError, ConfigError
+from . import checkpoint as ckpt
+from . import distributed as ddp
+from .data import BatchSource
+
+log = logging.getLogger(__name__)
+LOG_FILE = "train_log.jsonl"
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by both frameworks (paper sec. 5.5).
+
+    ``lr_decay_start``: iteration from which the learning rate falls linearly to 0 at
+    ``iterations`` (``None``: constant, as in the paper). ``amp``: mixed precision on CUDA
+    (``auto`` = bf16 where supported, else fp16 with loss scaling; always off on CPU).
+    ``channels_last``: ``None`` = on for CUDA.
+    """
+
+    iterations: int = 50_000
+    batch_size: int = 4
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_decay_start: int | None = None
+    checkpoint_every: int = 1000
+    sample_every: int = 1000
+    keep_checkpoints: int = 2
+    amp: str = "auto"
+    channels_last: bool | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"iterations ({self.iterations}) and batch_size ({self.batch_size}) must be >= 1"
+            )
+        if self.amp not in AMP_CHOICES:
+            raise ConfigError(f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+
+@dataclass
+class LossLog:
+    """Running per-iteration loss values for the log line and the progress bar."""
+
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, **losses: torch.Tensor | float) -> None:
+        for k, v in losses.items():
+            self.values[k] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class Trainer:
+    """Base class: owns networks, one Adam optimizer + LR scheduler per trained network, the loop.
+
+    Parameters
+    ----------
+    nets:
+        All networks by name (trained ones and frozen helpers such as a feature network).
+    trained:
+        Names of the networks that get an optimizer.
+    config:
+        :class:`TrainConfig`.
+    signature:
+        Architecture/preset description stored in checkpoints; resuming with a different one is a
+        :class:`~cellbench.errors.CheckpointError`.
+    device:
+        Where to train; ``"auto"``: CUDA when available (the local rank's GPU under torchrun).
+    """
+
+    method: ClassVar[str] = "trainer"
+
+    def __init__(
+        self,
+        nets: dict[str, nn.Module],
+        trained: list[str],
+        config: TrainConfig,
+        *,
+        signature: dict[str, Any],
+        device: str | torch.device = "auto",
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.config = config
+        self.signature = {"method": self.method, **signature}
+        dev = (
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            if str(device) == "auto"
+            else torch.device(device)
+        )
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device cuda requested but CUDA is not available; use --device cpu")
+        self.dist = ddp.init_from_env(dev)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", self.dist.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(dev)
+        self.device = dev
+        self.channels_last = (
+            (dev.type == "cuda") if config.channels_last is None else bool(config.channels_last)
+        )
+        self.amp_dtype = self._amp_dtype(config.amp, dev)
+        self.nets = nets
+        self.trained = list(trained)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for name, net in nets.items():
+            net.to(device=dev, memory_format=fmt)
+            if name in self.trained:
+                ddp.broadcast_module(net, self.dist)
+        self.optimizers = {
+            n: torch.optim.Adam(nets[n].parameters(), lr=config.lr, betas=config.betas) for n in self.trained
+        }
+        self.schedulers = {
+            n: torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for n, o in self.optimizers.items()
+        }
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.iteration = 0
+        self.losses = LossLog()
+
+    # -- helpers used by train_step ------------------------------------------------------------
+    @staticmethod
+    def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+        if device.type != "cuda" or amp == "off":
+            return None
+        if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+
+    def _lr_factor(self, step: int) -> float:
+        start, total = self.config.lr_decay_start, self.config.iterations
+        if start is None or step < start:
+            return 1.0
+        return max(0.0, 1.0 - (step - start) / max(1, total - start))
+
+    def autocast(self):
+        """Mixed-precision context for forward passes (no-op on CPU or with ``amp="off"``)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def set_trainable(self, *names: str) -> None:
+        """Unfreeze ``names`` (training mode), freeze every other trained network (paper sec. 5.5).
+
+        Frozen networks also run in inference mode, so their batch norm uses (and does not
+        update) its running statistics, as Keras does for layers with ``trainable = False``.
+        """
+        for n in self.trained:
+            self.nets[n].requires_grad_(n in names)
+            self.nets[n].train(n in names)
+
+    def optimize(self, loss: torch.Tensor, *names: str) -> None:
+        """Backward ``loss`` into the unfrozen networks ``names`` and take one Adam step each."""
+        for n in names:
+            self.optimizers[n].zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for n in names:
+            ddp.average_gradients(list(self.nets[n].parameters()), self.dist)
+            self.scaler.step(self.optimizers[n])  # a plain optimizer.step() unless fp16 loss scaling is on
+        self.scaler.update()
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return images.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+
+    # -- to implement --------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One iteration on a batch; records losses with ``self.losses.add(...)``."""
+        raise NotImplementedError
+
+    def sample_rows(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Rows of the sample grid (each ``(n, 3, h, w)``)."""
+        return [x, y]
+
+    # -- the loop ------------------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoints"
+
+    def fit(self, source: BatchSource, *, resume: bool = False, stop_at: int | None = None) -> None:
+        """Train until ``config.iterations`` (or ``stop_at``, to simulate an interruption in tests)."""
+        cfg = self.config
+        if resume:
+            self.load_latest(source)
+        elif self.ckpt_dir is not None and (self.ckpt_dir / ckpt.LATEST).exists():
+            log.warning(
+                "%s holds checkpoints of an earlier run; starting afresh (use --resume to continue)",
+                self.run_dir,
+            )
+        log_file = self._open_log()
+        samples = source.fixed_batch(4)
+        end = min(cfg.iterations, stop_at) if stop_at is not None else cfg.iterations
+        bar = tqdm(
+            total=cfg.iterations,
+            initial=self.iteration,
+            desc=f"{self.method} training",
+            unit="it",
+            disable=not (cfg.progress and self.dist.is_main),
+            dynamic_ncols=True,
+        )
+        try:
+            while self.iteration < end:
+                t0 = time.perf_counter()
+                x, y = source.next_batch()
+                for net in self.nets.values():
+                    net.train()
+                self.losses = LossLog()
+                self.train_step(self.prepare(x), self.prepare(y))
+                for s in self.schedulers.values():
+                    s.step()
+                for n in self.trained:
+                    ddp.average_buffers(self.nets[n], self.dist)
+                self.iteration += 1
+                it = self.iteration
+                if log_file is not None:
+                    rec = {
+                        "iteration": it,
+                        "seconds": round(time.perf_counter() - t0, 4),
+                        "lr": self.schedulers[self.trained[0]].get_last_lr()[0],
+                        **self.losses.values,
+                    }
+                    log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
+                bar.update(1)
+                bar.set_postfix(
+                    {k: f"{v:.3g}" for k, v in list(self.losses.values.items())[:4]}, refresh=False
+                )
+                if self.run_dir is not None and cfg.sample_every and it % cfg.sample_every == 0:
+                    self.write_samples(*samples)
+                if self.run_dir is not None and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
+                    self.save_checkpoint(source)
+        finally:
+            bar.close()
+            if log_file is not None:
+                log_file.close()
+        for net in self.nets.values():
+            net.eval()
+
+    def _open_log(self):
+        if self.run_dir is None or not self.dist.is_main:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / LOG_FILE
+        kept = []
+        if self.iteration > 0 and path.exists():  # resumed: drop lines past the checkpoint
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["iteration"] <= self.iteration:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue
+        path.write_text("".join(s + "\n" for s in kept), encoding="utf-8")
+        return path.open("a", encoding="utf-8")
+
+    @torch.no_grad()
+    def write_samples(self, x: torch.Tensor, y: torch.Tensor) -> Path | None:
+        """PNG grid ``RUN_DIR/samples/iter_XXXXXXX.png``; rows from :meth:`sample_rows`, eval mode."""
+        if not self.dist.is_main:
+            return None
+        from ..io import write_image
+        from ..tensors import to_uint8
+
+        for net in self.nets.values():
+            net.eval()
+        rows = [r.float().cpu() for r in self.sample_rows(self.prepare(x), self.prepare(y))]
+        for net in self.nets.values():
+            net.train()
+        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, rows*h, n*w)
+        path = self.run_dir / "samples" / f"{ckpt.checkpoint_name(self.iteration)}.png"
+        write_image(path, to_uint8(grid[None])[0])
+        return path
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, source: BatchSource) -> None:
+        d = self.ckpt_dir
+        main = self.dist.is_main
+        rank_state = {"source": source.state_dict()}
+        if main:
+            d.mkdir(parents=True, exist_ok=True)
+        ddp.barrier(self.dist)
+        state = meta = weights = None
+        if main:
+            weights = ckpt.module_weights({n: self.nets[n] for n in self.trained})
+            state = {
+                "iteration": self.iteration,
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            }
+            meta = {
+                "method": self.method,
+                "iteration": self.iteration,
+                "signature": self.signature,
+                "world_size": self.dist.world_size,
+                "config": asdict(self.config),
+            }
+        ckpt.save_checkpoint(
+            d,
+            self.iteration,
+            weights=weights,
+            state=state,
+            rank_state=rank_state,
+            rank=self.dist.rank,
+            meta=meta,
+        )
+        ddp.barrier(self.dist)
+        if main:
+            ckpt.finalize_checkpoint(d, self.iteration, keep=self.config.keep_checkpoints)
+        ddp.barrier(self.dist)
+
+    def load_latest(self, source: BatchSource) -> bool:
+        """Restore the newest checkpoint of ``run_dir`` (False when there is none)."""
+        if self.ckpt_dir is None:
+            raise ConfigError("resume needs an output folder (cellbench fit --out DIR --resume)")
+        path = ckpt.latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            log.warning("nothing to resume in %s; starting afresh", self.ckpt_dir)
+            return False
+        meta, weights, state, rank_state = ckpt.read_checkpoint(path, self.dist.rank)
+        if meta.get("signature") != self.signature:
+            old, new = meta.get("signature") or {}, self.signature
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            shown = ", ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in diff[:4])
+            raise CheckpointError(
+                f"{path}: checkpoint of another architecture or preset ({shown}); resume "
+                "with the same method, preset and options, or use a new output folder"
+            )
+        ckpt.load_module_weights({n: self.nets[n] for n in self.trained}, weights, path)
+        try:
+            for n, o in self.optimizers.items():
+                o.load_state_dict(state["optimizers"][n])
+            for n, s in self.schedulers.items():
+                s.load_state_dict(state["schedulers"][n])
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
+            source.load_state_dict(rank_state["source"])
+            self.iteration = int(state["iteration"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path}: incomplete or mismatched training state ({exc}); use a new output folder"
+            ) from None
+        log.info("resumed from %s (iteration %d)", path, self.iteration)
+        return True
+
+    def close(self) -> None:
+        ddp.shutdown(self.dist)

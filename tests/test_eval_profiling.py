@@ -1,0 +1,76 @@
+"""Profiling: figures present and consistent, warm-up excluded, time budget respected."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from cellbench.eval.profiling import profile_function, profile_normalizer
+from cellbench.methods.base import create_normalizer
+
+
+class Sleepy:
+    """transform sleeps ``per_call`` seconds; the first ``slow_first`` calls sleep 10x longer."""
+
+    name = "sleepy"
+
+    def __init__(self, per_call: float, slow_first: int = 0) -> None:
+        self.per_call, self.slow_first, self.calls = per_call, slow_first, 0
+
+    def to(self, device):
+        return self
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.per_call * (10 if self.calls <= self.slow_first else 1))
+        return x
+
+
+def test_profile_figures_and_warmup_excluded():
+    n = Sleepy(0.004, slow_first=2)
+    p = profile_normalizer(n, size=32, batch_sizes=(1, 2), warmup=2, repeats=5, max_seconds=30)
+    for k in ("latency_ms_b1", "latency_ms_b1_p90", "throughput_ips", "batch_size", "peak_mem_mb", "machine"):
+        assert k in p
+    # sleep is a lower bound of each call; the two 40 ms warm-up calls must not be in the figures
+    assert 4.0 <= p["latency_ms_b1"] < 40.0 and p["latency_ms_b1_p90"] >= p["latency_ms_b1"]
+    assert p["n_latency"] == 5 and not p["truncated"]
+    assert n.calls == 2 * (2 + 5)  # warm-up (the first one measures memory) + timed, both batch sizes
+    # a sleep per call costs the same at batch 2: throughput doubles, so batch 2 is the best
+    assert p["batch_size"] == 2
+    assert p["throughput_by_batch"][2] > p["throughput_by_batch"][1]
+    assert p["device"] == "cpu" and p["image_size"] == 32 and p["method"] == "sleepy"
+    assert "torch" in p["machine"]
+
+
+def test_budget_stops_slow_methods():
+    n = Sleepy(0.05)
+    p = profile_normalizer(n, size=16, batch_sizes=(1, 2, 4, 8), warmup=1, repeats=50, max_seconds=0.3)
+    assert p["truncated"]
+    assert 1 <= p["n_latency"] < 50
+    assert set(p["throughput_by_batch"]) == {1}  # larger batches skipped once the budget is gone
+    assert n.calls < 10
+
+
+def test_real_normalizer_and_memory():
+    norm = create_normalizer("identity")
+    p = profile_normalizer(norm, size=64, batch_sizes=(1, 4), warmup=1, repeats=3, max_seconds=20)
+    assert p["throughput_ips"] > 0 and p["peak_mem_mb"] >= 0
+
+
+def test_cpu_peak_memory_sees_allocations():
+    def alloc(x):
+        big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        time.sleep(0.02)  # let the sampler see it
+        return x + big[0]
+
+    p = profile_function(alloc, size=16, batch_sizes=(1,), warmup=0, repeats=3)
+    assert p["peak_mem_mb"] >= 32
+
+
+def test_cuda_requested_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="cuda"):
+        profile_function(lambda x: x, device="cuda")

@@ -1,0 +1,258 @@
+"""Trainers: both frameworks train, log, sample, checkpoint, resume exactly, and fail early and clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cellbench.data.sets import LabelledSet, PairedSet, UnpairedSet
+from cellbench.errors import CheckpointError, ConfigError, MissingWeightsError
+from cellbench.methods import create_normalizer, load_normalizer
+from cellbench.nets.features import VGG16_FILE, VGG16Features
+from cellbench.train import CCGANTrainer, PCNetTrainer
+
+torch.set_num_threads(1)  # tiny nets: one thread avoids OpenMP barrier stalls on a busy machine
+
+TINY = dict(
+    gen_widths=[4, 8],
+    gen_up_kernel=3,
+    head_channels=4,
+    crop_size=32,
+    batch_size=2,
+    iterations=4,
+    checkpoint_every=2,
+    sample_every=2,
+    progress=False,
+    lr=1e-3,
+)
+TINY_D = dict(disc_widths=[4, 4, 4, 4])
+
+
+def paired_data(n=6, size=48, seed=0) -> PairedSet:
+    """Y is a fixed nonlinear colour map of X plus structure: a learnable toy pair of systems."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, size // 8, size // 8, generator=g)
+    x = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    m = torch.tensor([[0.9, 0.1, 0.0], [0.05, 0.8, 0.1], [0.0, 0.2, 0.7]])
+    y = torch.einsum("ij,njhw->nihw", m, x).clamp(0, 1) ** 1.3
+    return PairedSet(x=x, y=y, labels=["neutrophil"] * n)
+
+
+def make(method, **kw):
+    extra = TINY_D if method == "ccgan" else {}
+    return create_normalizer(method, None, **{**TINY, **extra, **kw})
+
+
+def weights_of(norm):
+    return {k: v.clone() for k, v in norm.state_dict().items()}
+
+
+@pytest.fixture
+def vgg_cache(tmp_path, monkeypatch):
+    """A random VGG-16 (convolutional part) in a temporary torch hub cache."""
+    old = torch.hub.get_dir()
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(VGG16Features().features.state_dict(), hub / "checkpoints" / VGG16_FILE)
+    torch.hub.set_dir(str(hub))
+    yield hub
+    torch.hub.set_dir(old)
+
+
+def test_ccgan_trains_logs_samples_and_checkpoints(tmp_path):
+    data = paired_data()
+    norm = make("ccgan")
+    norm.bind_run_dir(tmp_path / "run")
+    norm.fit(data, seed=0)
+    log = [json.loads(s) for s in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3, 4]
+    for key in ("D_x", "D_y", "G_gen", "G_cycle", "G_identity", "G_paired", "F_total"):
+        assert all(torch.isfinite(torch.tensor(r[key])) for r in log)
+    assert log[0]["D_x"] == pytest.approx(log[0]["D_x"]) and log[0]["G_paired"] > 0
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "iter_0000002.png",
+        "iter_0000004.png",
+    ]
+    ck = tmp_path / "run" / "checkpoints"
+    latest = json.loads((ck / "latest.json").read_text())
+    assert latest == {"iteration": 4, "path": "iter_0000004"}
+    files = sorted(p.name for p in (ck / "iter_0000004").iterdir())
+    assert files == ["meta.json", "rng_rank0.pt", "state.pt", "weights.safetensors"]
+    torch.load(ck / "iter_0000004" / "state.pt", weights_only=True)  # loadable without pickle code
+    assert not list(ck.glob(".tmp-*"))
+    # transform: shape, range, and a 256 image works (fully convolutional)
+    out = norm.transform(torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+
+
+def test_training_reduces_the_paired_loss():
+    data = paired_data()
+    norm = make("ccgan", iterations=40, checkpoint_every=1000, lr=3e-3)
+    before = (norm.G_xy.eval()(data.x) - data.y).abs().mean()
+    norm.fit(data, seed=0)
+    after = (norm.transform(data.x) - data.y).abs().mean()
+    assert after < 0.8 * before
+
+
+def test_same_seed_same_weights_and_other_seed_differs():
+    data = paired_data()
+    a = weights_of(make("ccgan", iterations=2).fit(data, seed=1))
+    b = weights_of(make("ccgan", iterations=2).fit(data, seed=1))
+    c = weights_of(make("ccgan", iterations=2).fit(data, seed=2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["ccgan", "pcnet"])
+def test_resume_continues_exactly(tmp_path, method, monkeypatch, vgg_cache):
+    data = paired_data()
+    full = make(method, iterations=5)
+    full.bind_run_dir(tmp_path / "full")
+    want = weights_of(full.fit(data, seed=0))
+
+    trainer_cls = CCGANTrainer if method == "ccgan" else PCNetTrainer
+    real_step = trainer_cls.train_step
+
+    def crash_at_4(self, x, y):
+        if self.iteration == 3:
+            raise KeyboardInterrupt  # interrupted after the checkpoint at iteration 2
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(trainer_cls, "train_step", crash_at_4)
+    first = make(method, iterations=5)
+    first.bind_run_dir(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(data, seed=0)
+    monkeypatch.setattr(trainer_cls, "train_step", real_step)
+    assert json.loads((tmp_path / "cut" / "checkpoints" / "latest.json").read_text())["iteration"] == 2
+
+    resumed = make(method, iterations=5)
+    resumed.bind_run_dir(tmp_path / "cut", resume=True)
+    got = weights_of(resumed.fit(data, seed=0))
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.allclose(got[k].float(), want[k].float(), atol=1e-6, rtol=0), k
+    log = [
+        json.loads(s)["iteration"] for s in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert log == [1, 2, 3, 4, 5]  # lines past the checkpoint were dropped, none repeated
+
+
+def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
+    data = paired_data()
+    a = make("ccgan", iterations=2)
+    a.bind_run_dir(tmp_path / "run")
+    a.fit(data, seed=0)
+    b = make("ccgan", iterations=4, gen_widths=[4, 4])
+    b.bind_run_dir(tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="another architecture or preset.*gen_widths"):
+        b.fit(data, seed=0)
+    # a damaged checkpoint is a CheckpointError too
+    (tmp_path / "run" / "checkpoints" / "iter_0000002" / "state.pt").write_bytes(b"junk")
+    c = make("ccgan", iterations=4)
+    c.bind_run_dir(tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        c.fit(data, seed=0)
+
+
+def test_save_load_roundtrip(tmp_path):
+    data = paired_data()
+    norm = make("ccgan", iterations=2).fit(data, seed=0)
+    norm.save(tmp_path / "m")
+    loaded = load_normalizer(tmp_path / "m")
+    x = torch.rand(2, 3, 40, 56)  # not a multiple of 4: padded inside
+    assert torch.equal(loaded.transform(x), norm.transform(x))
+    other = create_normalizer("ccgan", None, **{**TINY, **TINY_D, "gen_widths": [4, 4]})
+    with pytest.raises(CheckpointError, match="does not match"):
+        other.load_state_dict(norm.state_dict())
+
+
+def test_unpaired_mode_both_frameworks(tmp_path, vgg_cache):
+    data = paired_data()
+    shuffled = data.y[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))]
+    unpaired = UnpairedSet(
+        x=LabelledSet(data.x, list(data.labels)), y=LabelledSet(shuffled, list(data.labels))
+    )
+    for method in ("ccgan", "pcnet"):
+        norm = make(method, iterations=2)
+        norm.bind_run_dir(tmp_path / method)
+        norm.fit(unpaired, seed=0)
+        log = [json.loads(s) for s in (tmp_path / method / "train_log.jsonl").read_text().splitlines()]
+        assert all(r["G_paired"] == 0.0 and r["F_paired"] == 0.0 for r in log)  # no paired loss
+        if method == "pcnet":
+            assert all(r["G_feat"] >= 0 for r in log)
+    with pytest.raises(ConfigError, match="registered pairs"):
+        make("ccgan", mode="paired").fit(unpaired)
+
+
+def test_pcnet_without_vgg_weights_fails_before_training(tmp_path):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty_hub"))
+    try:
+        norm = make("pcnet")
+        norm.bind_run_dir(tmp_path / "run")
+        with pytest.raises(MissingWeightsError, match="--feature-net classifier"):
+            norm.fit(paired_data())
+    finally:
+        torch.hub.set_dir(old)
+    assert not (tmp_path / "run" / "train_log.jsonl").exists()
+
+
+def test_pcnet_with_classifier_features(tmp_path):
+    from cellbench.eval.classifier import WBCClassifier
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        WBCClassifier("test_resnet", ["a", "b"], 32).save(tmp_path / "clf")
+    norm = make("pcnet", iterations=2, feature_net="classifier", classifier_dir=str(tmp_path / "clf"))
+    norm.bind_run_dir(tmp_path / "run")
+    norm.fit(paired_data(), seed=0)
+    log = [json.loads(s) for s in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["G_feat"] >= 0 for r in log)
+
+
+def test_bad_options_fail_early():
+    with pytest.raises(ConfigError, match="unknown option"):
+        create_normalizer("ccgan", "quick", colour="red")
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        make("ccgan", crop_size=30).fit(paired_data())
+    with pytest.raises(ConfigError, match="larger than the training images"):
+        make("ccgan", crop_size=64).fit(paired_data(size=48))
+    with pytest.raises(ConfigError, match="mode"):
+        make("ccgan", mode="both")
+
+
+def test_streaming_from_the_simulator():
+    from cellbench.sim import SimulatedPairs
+
+    norm = make("ccgan", iterations=2, crop_size=32)
+    norm.fit(SimulatedPairs(3, size=48, seed=0), seed=0)
+    assert norm.fitted
+
+
+def test_normalized_gram_for_other_feature_networks():
+    """feature_norm="auto": every Gram matrix has unit Frobenius norm, so eq. (8) lies in [0, 4]."""
+    from cellbench.nets import UNetGenerator
+    from cellbench.train import PCNetTrainer, PCNetWeights, TrainConfig
+
+    phi = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU())
+    gens = (UNetGenerator([4]), UNetGenerator([4]))
+    tr = PCNetTrainer(
+        gens,
+        phi,
+        TrainConfig(iterations=1, batch_size=2),
+        weights=PCNetWeights(),
+        paired=True,
+        signature={},
+        device="cpu",
+    )
+    x = torch.rand(3, 3, 16, 16) * 7
+    assert not torch.allclose(tr.gram(x).flatten(1).norm(dim=1), torch.ones(3))
+    tr.normalize_gram = True
+    assert torch.allclose(tr.gram(x).flatten(1).norm(dim=1), torch.ones(3), atol=1e-5)
+    tr.paired = False
+    assert tr.gram(x).shape == (5, 5) and tr.gram(x).norm().item() == pytest.approx(1.0, abs=1e-5)

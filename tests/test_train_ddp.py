@@ -1,0 +1,89 @@
+"""Data-parallel training: two CPU processes (gloo) started as torchrun would start them stay identical."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from safetensors.torch import load_file
+
+WORKER = textwrap.dedent("""
+    import sys, torch
+    from safetensors.torch import save_file
+    torch.set_num_threads(1)
+    from cellbench.data.sets import PairedSet
+    from cellbench.methods import create_normalizer
+    out = sys.argv[1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    data = PairedSet(x=x, y=(x * 0.8 + 0.1) ** 1.2, labels=["a"] * 8)
+    norm = create_normalizer("ccgan", None, gen_widths=[4, 8], disc_widths=[4, 4, 4, 4], crop_size=32,
+                             batch_size=2, iterations=3, checkpoint_every=2, sample_every=0, progress=False,
+                             device="cpu")
+    norm.bind_run_dir(out + "/run")
+    norm.fit(data, seed=0)
+    rank = norm._rank
+    save_file({k: v.contiguous() for k, v in norm.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    norm.save(out + f"/model_from_rank{rank}")
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_two_gloo_ranks_stay_identical(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=110)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("distributed workers timed out")
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert set(w0) == set(w1)
+    for k in w0:  # parameters and batch-norm statistics identical on both ranks
+        assert (w0[k].float() - w1[k].float()).abs().max() <= 1e-6, k
+    ck = tmp_path / "run" / "checkpoints" / "iter_0000003"
+    assert (ck / "rng_rank0.pt").exists() and (ck / "rng_rank1.pt").exists()
+    import torch
+
+    s0 = torch.load(ck / "rng_rank0.pt", weights_only=True)["source"]["generator"]
+    s1 = torch.load(ck / "rng_rank1.pt", weights_only=True)["source"]["generator"]
+    assert not torch.equal(s0, s1)  # each rank drew its own batches
+    assert (tmp_path / "model_from_rank0" / "normalizer.json").exists()
+    assert not (tmp_path / "model_from_rank1").exists()  # only rank 0 writes the model folder
