@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 #: Bump when an evaluation stage's output format or metric definitions change (invalidates caches).
 EVAL_VERSION = 1
 DEFAULT_RUN_DIR = Path("reports")
+#: The classifier two-sample test trains on half the test images and tests on the other half.
+MIN_REALISM_IMAGES = 8
 
 
 # -- configuration ----------------------------------------------------------------------------------------
@@ -341,7 +343,9 @@ class Benchmark:
             pred = clf.predict(outputs).cpu().numpy()
         records = evaluate_paired(name, outputs, test, run=self.run_name, classifier=clf, y_pred=ref["y"],
                                   g_pred=pred, masks=self.test_masks(), seed=self.seed)
-        if self.cfg["realism"] and name != "ceiling":
+        if self.cfg["realism"] and name != "ceiling" and len(test) < MIN_REALISM_IMAGES:
+            log.warning("realism metrics skipped: %d test images (at least %d needed)", len(test), MIN_REALISM_IMAGES)
+        elif self.cfg["realism"] and name != "ceiling":
             records += realism_records(self.run_name, name, real=test.y, fake=outputs,
                                        real_features=self.y_features().numpy(),
                                        fake_features=clf.features(outputs).float().cpu().numpy(), seed=self.seed)

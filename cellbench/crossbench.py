@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .bench import Benchmark, Stage, _load_records, _save_records, _u8, _write_json, config_hash
+from .bench import MIN_REALISM_IMAGES, Benchmark, Stage, _load_records, _save_records, _u8, _write_json, config_hash
 from .data.sets import LabelledSet, UnpairedSet
 from .errors import ConfigError
 from .eval.agreement import wilson_interval
@@ -215,13 +215,13 @@ class CrossBenchmark(Benchmark):
             lo, hi = wilson_interval(kc, nc) if nc else (float("nan"), float("nan"))
             records.append(Record(self.run_name, name, "accuracy", 100.0 * kc / max(nc, 1), cell_type=cls, n=nc,
                                   ci_low=100 * lo, ci_high=100 * hi, unit="%", higher_is_better=True))
-        if self.cfg["realism"]:
+        if self.cfg["realism"] and min(len(outputs), len(c["y_test"])) >= MIN_REALISM_IMAGES:
             n = min(len(outputs), len(c["y_test"]))
             records += realism_records(self.run_name, name, real=c["y_test"].images[:n], fake=outputs[:n],
                                        real_features=clf.features(c["y_test"].images).float().cpu().numpy(),
                                        fake_features=clf.features(outputs).float().cpu().numpy(), seed=self.seed)
-        records += unpaired_colour_records(name, outputs, x_test.labels, c["y_test"].images, c["y_test"].labels,
-                                           run=self.run_name, seed=self.seed)
+        records += unpaired_colour_records(self.run_name, name, outputs, x_test.labels, c["y_test"].images,
+                                           c["y_test"].labels, seed=self.seed)
         fit_json = self.fit_stage(name).dir / "fit.json"
         if fit_json.exists():
             records.append(Record(self.run_name, name, "fit_seconds", json.loads(fit_json.read_text())["seconds"],
