@@ -222,7 +222,8 @@ class Benchmark:
         if not st.done:
             train, val = self.data("train"), self.data("val")
             log.info("stage classifier: training on %d Y images", len(train))
-            clf = train_classifier(LabelledSet(train.y, train.labels, train.ids), LabelledSet(val.y, val.labels, val.ids),
+            clf = train_classifier(LabelledSet(train.y, train.labels, train.ids),
+                                   LabelledSet(val.y, val.labels, val.ids),
                                    preset=self.cfg["classifier_preset"], seed=self.seed, work_dir=st.dir / "work",
                                    progress=self.progress)
             clf.save(st.dir / "model")

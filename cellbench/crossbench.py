@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .bench import MIN_REALISM_IMAGES, Benchmark, Stage, _load_records, _save_records, _u8, _write_json, config_hash
+from .bench import MIN_REALISM_IMAGES, Benchmark, Stage, _load_records, _save_records, _u8, _write_json
 from .data.sets import LabelledSet, UnpairedSet
 from .errors import ConfigError
 from .eval.agreement import wilson_interval
@@ -128,7 +128,13 @@ class CrossBenchmark(Benchmark):
     # .. data ....................................................................................
     def data_config(self) -> dict[str, Any]:
         return {"spec": str(self.spec), "x_test": self.x_test_dir, "scale": self.scale, "size": self.cfg["size"],
-                "seed": self.seed, "limit_per_class": self.cfg.get("cross_limit_per_class"), "version": __version__}
+                "seed": self.seed, "limit_per_class": (self.cfg.get("cross_limit_per_class") or None), "version": __version__}
+
+    def classifier_config(self) -> dict[str, Any]:
+        # the classifier sees only Y: X, its test folder and its scaling do not invalidate it
+        return {"y": self.spec.options["y"], "size": self.cfg["size"], "seed": self.seed,
+                "limit_per_class": (self.cfg.get("cross_limit_per_class") or None), "preset": self.cfg["classifier_preset"],
+                "version": __version__}
 
     def cross(self) -> dict[str, Any]:
         if self._cross is not None:
@@ -139,7 +145,7 @@ class CrossBenchmark(Benchmark):
         if not st.done:
             cd = load_cross(self.spec.options["x"], self.spec.options["y"], size=int(self.cfg["size"]), seed=self.seed,
                             x_test_dir=self.x_test_dir, scale=self.scale,
-                            limit_per_class=self.cfg.get("cross_limit_per_class"))
+                            limit_per_class=(self.cfg.get("cross_limit_per_class") or None))
             for name, s in (("x_train", cd.train.x), ("y_train", cd.train.y), ("x_val", cd.val.x), ("y_val", cd.val.y),
                             ("x_test", cd.x_test), ("y_test", cd.y_test)):
                 _save_labelled(st.dir / f"{name}.safetensors", s)

@@ -16,8 +16,8 @@ background, which makes it largely independent of the illuminant and the camera:
 3. **Three thresholds learned with Otsu's criterion** on sampled training pixels (no labels):
    ``t_bg`` on ``ln t`` of all pixels (background vs stained), ``r_wbc`` on ``r`` of the clearly
    stained pixels (``t > 3 exp(t_bg)``; red cell vs WBC hue), ``t_nuc`` on ``sqrt t`` of WBC-hued
-   pixels (pale cytoplasm vs dense nucleus). Each threshold gets a softness equal to a fraction of the gap between the two class
-   means, so memberships are smooth logistic functions, not hard cuts.
+   pixels (pale cytoplasm vs dense nucleus). Each threshold gets a softness equal to a fraction of
+   the gap between the two class means, so memberships are smooth logistic functions, not hard cuts.
 4. **Regions** (label values of :mod:`cellbench.data.masks`), as soft memberships that sum to 1::
 
        p_fg  = s((ln t - t_bg) / w_bg)          stained

@@ -71,7 +71,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
                                device=args.device, overwrite=args.overwrite, progress=not args.quiet)
     print(f"transformed {summary.written} image(s), skipped {summary.existing} already done, "
           f"{len(summary.failed)} unreadable -> {args.output}")
-    for path, msg in summary.failed:
+    for _path, msg in summary.failed:
         print(f"  unreadable: {msg}", file=sys.stderr)
     return 1 if summary.failed else 0
 

@@ -49,7 +49,8 @@ def _decode(job: tuple[str, Path]) -> tuple[str, Path, tuple[int, int] | None, s
         if kind == "mask":
             m = read_mask(path)
             if int(m.max(initial=0)) > MAX_LABEL:
-                return kind, path, m.shape[:2], f"{path}: mask label {int(m.max())} > {MAX_LABEL} (see README 'Data formats')"
+                msg = f"{path}: mask label {int(m.max())} > {MAX_LABEL} (see README 'Data formats')"
+                return kind, path, m.shape[:2], msg
             return kind, path, m.shape[:2], None
         return kind, path, read_image(path).shape[:2], None
     except ImageReadError as exc:

@@ -167,7 +167,8 @@ def index_labelled(root: str | os.PathLike, *, seed: int = 0, write_split: bool 
     found = [(cls, ident, path) for cls, dirs in classes.items()
              for ident, path in _images_by_id(dirs, problems).items()]
     if not found:
-        raise DatasetError(f"{root}: no images found in class sub-folders ROOT/<class>/<file>; see README 'Data formats'")
+        raise DatasetError(f"{root}: no images found in class sub-folders ROOT/<class>/<file>; "
+                           "see README 'Data formats'")
     splits = _assign_splits(root, [(c, i) for c, i, _ in found], seed, write_split, problems)
     items = sorted((ImageItem(c, i, p, splits[(c, i)]) for c, i, p in found), key=lambda t: (t.cls, t.id))
     return items, problems

@@ -99,6 +99,7 @@ class Normalizer(ABC):
         Trained methods keep checkpoints, logs and sample grids there and continue from the last
         checkpoint when ``resume`` is true. Closed-form methods ignore it.
         """
+        return None
 
     def to(self, device: torch.device | str) -> Self:
         """Move fitted arrays to ``device`` (no-op by default)."""
