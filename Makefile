@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The test suite, with the pytest-benchmark suite (tests/benchmarks) run briefly and kept as JSON.
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable $(PYTEST_ARGS)
+	mkdir -p reports
+	$(PY) -m pytest -q -p no:cacheprovider --benchmark-enable --benchmark-max-time=0.5 --benchmark-min-rounds=2 \
+		--benchmark-json=reports/benchmark-ci.json $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/benchmarks --benchmark-enable --benchmark-only --benchmark-json=$(or $(BENCH_JSON),reports/benchmark.json)

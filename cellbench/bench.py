@@ -161,9 +161,12 @@ class Benchmark:
 
     # .. stage 1: data ..........................................................................
     def data_config(self) -> dict[str, Any]:
-        return {"spec": str(self.spec), "size": self.cfg["size"], "seed": self.seed,
-                "synthetic_n": self.cfg["synthetic_n"] if self.spec.kind == "synthetic" else None,
-                "version": __version__}
+        cfg = {"spec": str(self.spec), "size": self.cfg["size"], "seed": self.seed,
+               "synthetic_n": self.cfg["synthetic_n"] if self.spec.kind == "synthetic" else None,
+               "version": __version__}
+        if self.spec.kind == "resim":
+            cfg["resim_limit"] = self.cfg.get("resim_limit_per_class")
+        return cfg
 
     def data(self, split: str) -> PairedSet:
         if split in self._data:
@@ -197,12 +200,13 @@ class Benchmark:
     def _resim_root(self) -> Path:
         from .sim import resimulate_folder
 
+        limit = int(self.cfg.get("resim_limit_per_class") or 0) or None
         st = Stage(self.run_dir, "resim", {"real": str(self.spec.path), "size": self.cfg["size"],
-                                            "seed": self.seed, "version": __version__})
+                                            "seed": self.seed, "limit": limit, "version": __version__})
         root = st.dir / "pairs"
         if not st.done:
             resimulate_folder(self.spec.path, root, size=int(self.cfg["size"]), seed=self.seed,
-                              progress=self.progress)
+                              limit_per_class=limit, progress=self.progress)
             st.finish()
         return root
 
