@@ -128,13 +128,14 @@ class CrossBenchmark(Benchmark):
     # .. data ....................................................................................
     def data_config(self) -> dict[str, Any]:
         return {"spec": str(self.spec), "x_test": self.x_test_dir, "scale": self.scale, "size": self.cfg["size"],
-                "seed": self.seed, "limit_per_class": (self.cfg.get("cross_limit_per_class") or None), "version": __version__}
+                "seed": self.seed, "limit_per_class": (self.cfg.get("cross_limit_per_class") or None),
+                "version": __version__}
 
     def classifier_config(self) -> dict[str, Any]:
         # the classifier sees only Y: X, its test folder and its scaling do not invalidate it
         return {"y": self.spec.options["y"], "size": self.cfg["size"], "seed": self.seed,
-                "limit_per_class": (self.cfg.get("cross_limit_per_class") or None), "preset": self.cfg["classifier_preset"],
-                "version": __version__}
+                "limit_per_class": (self.cfg.get("cross_limit_per_class") or None),
+                "preset": self.cfg["classifier_preset"], "version": __version__}
 
     def cross(self) -> dict[str, Any]:
         if self._cross is not None:
