@@ -436,8 +436,10 @@ class Benchmark:
                                   if self.method_params(m)[1].get("feature_net")}}
         if comparison and (self.run_dir / "results.json").exists():
             old, _ = load_results(self.run_dir)
-            keep = [r for r in old if r.method not in set(methods) | {"classifier", "ceiling"}
-                    and r.metric != "mcnemar_p"]
+            compared = set(methods)
+            keep = [r for r in old
+                    if (r.metric == "mcnemar_p" and not {r.method, r.extra.get("vs")} <= compared)
+                    or (r.metric != "mcnemar_p" and r.method not in compared | {"classifier", "ceiling"})]
             records = keep + records
         meta = run_metadata(config)
         meta["seconds"] = time.perf_counter() - t0
