@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .data.load import synthetic_split
-from .data.sets import LabelledSet, PairedSet
+from .data.sets import LabelledSet, PairedSet, UnpairedSet
 from .data.spec import DataSpec, parse_data_spec
 from .errors import ConfigError
 from .methods import NORMALIZERS, Normalizer, create_normalizer, load_normalizer
@@ -254,6 +254,11 @@ class Benchmark:
             params["device"] = self.device
         return preset, params
 
+    def feature_nets(self, methods: list[str]) -> dict[str, str]:
+        """Which feature network each perceptual method used (the report shows it)."""
+        nets = {m: self.method_params(m)[1].get("feature_net") for m in methods}
+        return {m: net for m, net in nets.items() if net}
+
     def fit_stage(self, name: str) -> Stage:
         preset, params = self.method_params(name)
         cfg = {"data": self.data_config(), "method": name, "preset": preset, "params": params, "seed": self.seed}
@@ -261,22 +266,49 @@ class Benchmark:
             cfg["classifier"] = self.classifier_config()
         return Stage(self.run_dir, f"fit-{name}", cfg)
 
+    def train_data(self) -> PairedSet | UnpairedSet:
+        """What every method is fitted on (the cross track overrides it with unpaired data)."""
+        return self.data("train")
+
     def fitted(self, name: str) -> Normalizer:
         st = self.fit_stage(name)
         if not st.done:
             preset, params = self.method_params(name)
             if params.get("feature_net") == "classifier":
                 self.classifier()
+            data = self.train_data()
+            n = len(data) if isinstance(data, PairedSet) else len(data.x) + len(data.y)
             norm = create_normalizer(name, preset, **params)
             norm.bind_run_dir(st.dir / "work", resume=True)
-            log.info("stage fit-%s: fitting on %d pairs", name, len(self.data("train")))
+            log.info("stage fit-%s: fitting on %d training images", name, n)
             t0 = time.perf_counter()
-            norm.fit(self.data("train"), seed=self.seed)
+            norm.fit(data, seed=self.seed)
             seconds = time.perf_counter() - t0
             norm.save(st.dir / "model")
-            (st.dir / "fit.json").write_text(json.dumps({"seconds": seconds, "preset": preset}))
+            (st.dir / "fit.json").write_text(json.dumps({"seconds": seconds, "preset": preset, "n": n}))
             st.finish()
         return load_normalizer(st.dir / "model").to(self.device)
+
+    def fit_records(self, name: str) -> list[Record]:
+        """``fit_seconds`` of a fitted method (none for references such as the ceiling)."""
+        path = self.fit_stage(name).dir / "fit.json" if name in NORMALIZERS else None
+        if path is None or not path.exists():
+            return []
+        fit = json.loads(path.read_text())
+        return [Record(self.run_name, name, "fit_seconds", fit["seconds"], split="train", n=int(fit.get("n", 0)),
+                       unit="s", higher_is_better=None)]
+
+    def finish_eval(self, st: Stage, name: str, records: list[Record], outputs: torch.Tensor,
+                    pred: np.ndarray, **arrays: np.ndarray) -> list[Record]:
+        """Store an evaluation stage: outputs (uint8), predictions, extra arrays, records; then DONE."""
+        records = records + self.fit_records(name)
+        save_file({"outputs": _u8(outputs).contiguous()}, str(st.dir / "outputs.safetensors"))
+        np.save(st.dir / "pred.npy", pred)
+        for key, value in arrays.items():
+            np.save(st.dir / f"{key}.npy", value)
+        _save_records(st.dir / "records.json", records)
+        st.finish()
+        return records
 
     # .. stage 4: evaluation ....................................................................
     def transform_all(self, norm: Normalizer, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
@@ -354,15 +386,7 @@ class Benchmark:
             records += realism_records(self.run_name, name, real=test.y, fake=outputs,
                                        real_features=self.y_features().numpy(),
                                        fake_features=clf.features(outputs).float().cpu().numpy(), seed=self.seed)
-        save_file({"outputs": _u8(outputs).contiguous()}, str(st.dir / "outputs.safetensors"))
-        np.save(st.dir / "pred.npy", pred)
-        fit_json = self.fit_stage(name).dir / "fit.json" if name != "ceiling" else None
-        if fit_json is not None and fit_json.exists():
-            records.append(Record(self.run_name, name, "fit_seconds", json.loads(fit_json.read_text())["seconds"],
-                                  split="train", n=len(self.data("train")), unit="s", higher_is_better=None))
-        _save_records(st.dir / "records.json", records)
-        st.finish()
-        return records
+        return self.finish_eval(st, name, records, outputs, pred)
 
     def outputs(self, name: str) -> torch.Tensor:
         st = self.eval_stage(name)
@@ -432,8 +456,7 @@ class Benchmark:
         bar.update()
         self.write_artifacts(methods, clf_eval)
         config = {**self.cfg, "data": str(self.spec), "methods": methods, "device": self.device, "seed": self.seed,
-                  "feature_net": {m: self.method_params(m)[1].get("feature_net") for m in methods
-                                  if self.method_params(m)[1].get("feature_net")}}
+                  "feature_net": self.feature_nets(methods)}
         if comparison and (self.run_dir / "results.json").exists():
             old, _ = load_results(self.run_dir)
             compared = set(methods)
@@ -458,25 +481,9 @@ class Benchmark:
     def write_artifacts(self, methods: list[str], clf_eval: dict[str, Any]) -> None:
         from .io import write_image
 
-        art = self.run_dir / "artifacts"
-        for sub in ("confusion", "samples", "curves"):
-            shutil.rmtree(art / sub, ignore_errors=True)
-            (art / sub).mkdir(parents=True, exist_ok=True)
+        art = self.reset_artifacts()
         test = self.data("test")
-        clf = self.classifier()
-        classes = list(clf.classes)
-        idx = {c: i for i, c in enumerate(classes)}
-        labels = np.array([idx.get(c, -1) for c in test.labels])
-        _write_json(art / "confusion" / "classifier.json",
-                    {"classes": classes, "matrix": clf_eval["confusion"], "title": "classifier on real Y (test)"})
-        for m in methods:
-            pred = self.predictions(m)
-            mat = np.zeros((len(classes), len(classes)), dtype=int)
-            for t, p in zip(labels, pred, strict=True):
-                if t >= 0:
-                    mat[t, p] += 1
-            _write_json(art / "confusion" / f"{m}.json",
-                        {"classes": classes, "matrix": mat.tolist(), "title": f"classifier on {m}(X) (test)"})
+        self.write_confusions(art, methods, clf_eval, test.labels, "classifier on {m}(X) (test)")
         # image grid: one (or more) cell of each type: X, every method, Y, and CIEDE2000 maps
         from .eval.image import ciede2000, rgb_to_lab
 
@@ -503,14 +510,39 @@ class Benchmark:
             rows.append({"cell_type": test.labels[i], "id": test.ids[i], "images": images, "diffs": diffs})
         _write_json(art / "samples" / "manifest.json",
                     {"columns": ["X", *methods, "Y"], "rows": rows, "diff": "CIEDE2000 vs Y, 0 (black) to 20"})
-        # training curves
+        self.copy_curves(art, methods)
+
+    def reset_artifacts(self) -> Path:
+        """Empty ``artifacts/{confusion,samples,curves}`` (they are rewritten from the stages)."""
+        art = self.run_dir / "artifacts"
+        for sub in ("confusion", "samples", "curves"):
+            shutil.rmtree(art / sub, ignore_errors=True)
+            (art / sub).mkdir(parents=True, exist_ok=True)
+        return art
+
+    def write_confusions(self, art: Path, methods: list[str], clf_eval: dict[str, Any], labels: list[str],
+                         title: str) -> None:
+        """The classifier's own confusion matrix on Y, and one per method on its test outputs."""
+        classes = list(self.classifier().classes)
+        _write_json(art / "confusion" / "classifier.json",
+                    {"classes": classes, "matrix": clf_eval["confusion"], "title": "classifier on real Y (test)"})
+        idx = {c: i for i, c in enumerate(classes)}
+        truth = np.array([idx.get(c, -1) for c in labels])
         for m in methods:
-            log_file = self.fit_stage(m).dir / "work" / "train_log.jsonl"
+            mat = np.zeros((len(classes), len(classes)), dtype=int)
+            for t, p in zip(truth, self.predictions(m), strict=True):
+                if t >= 0:
+                    mat[t, p] += 1
+            _write_json(art / "confusion" / f"{m}.json",
+                        {"classes": classes, "matrix": mat.tolist(), "title": title.format(m=m)})
+
+    def copy_curves(self, art: Path, methods: list[str]) -> None:
+        """Training logs of the trained methods and of the classifier."""
+        logs = {m: self.fit_stage(m).dir / "work" / "train_log.jsonl" for m in methods}
+        logs["classifier"] = self.classifier_stage().dir / "work" / "train_log.jsonl"
+        for m, log_file in logs.items():
             if log_file.exists():
                 shutil.copyfile(log_file, art / "curves" / f"{m}.jsonl")
-        clf_log = self.classifier_stage().dir / "work" / "train_log.jsonl"
-        if clf_log.exists():
-            shutil.copyfile(clf_log, art / "curves" / "classifier.jsonl")
 
 
 def _write_json(path: Path, obj: Any) -> None:

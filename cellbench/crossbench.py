@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .bench import MIN_REALISM_IMAGES, Benchmark, Stage, _load_records, _save_records, _u8, _write_json
+from .bench import MIN_REALISM_IMAGES, Benchmark, Stage, _load_records, _u8, _write_json
 from .data.sets import LabelledSet, UnpairedSet
 from .errors import ConfigError
 from .eval.agreement import wilson_interval
-from .methods import NORMALIZERS, Normalizer, create_normalizer, load_normalizer
+from .methods import NORMALIZERS
 from .results import Record, run_metadata, save_results
 
 log = logging.getLogger(__name__)
@@ -124,6 +123,7 @@ class CrossBenchmark(Benchmark):
         self.x_test_dir = x_test
         self.scale = None if scale in (None, "none") else scale
         self._cross: dict[str, Any] | None = None
+        self._y_feats: np.ndarray | None = None
 
     # .. data ....................................................................................
     def data_config(self) -> dict[str, Any]:
@@ -176,21 +176,15 @@ class CrossBenchmark(Benchmark):
         self._clf = load_classifier(st.dir / "model", device=self.device)
         return self._clf
 
-    def fitted(self, name: str) -> Normalizer:
-        st = self.fit_stage(name)
-        if not st.done:
-            preset, params = self.method_params(name)
-            if params.get("feature_net") == "classifier":
-                self.classifier()
-            c = self.cross()
-            norm = create_normalizer(name, preset, **params)
-            norm.bind_run_dir(st.dir / "work", resume=True)
-            t0 = time.perf_counter()
-            norm.fit(UnpairedSet(c["x_train"], c["y_train"]), seed=self.seed)
-            norm.save(st.dir / "model")
-            (st.dir / "fit.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "preset": preset}))
-            st.finish()
-        return load_normalizer(st.dir / "model").to(self.device)
+    def train_data(self) -> UnpairedSet:
+        c = self.cross()
+        return UnpairedSet(c["x_train"], c["y_train"])
+
+    def y_test_features(self) -> np.ndarray:
+        """The classifier's features of the Y test images (computed once per run)."""
+        if self._y_feats is None:
+            self._y_feats = self.classifier().features(self.cross()["y_test"].images).float().cpu().numpy()
+        return self._y_feats
 
     # .. evaluation ..................................................................................
     def evaluate(self, name: str) -> list[Record]:
@@ -225,20 +219,11 @@ class CrossBenchmark(Benchmark):
         if self.cfg["realism"] and min(len(outputs), len(c["y_test"])) >= MIN_REALISM_IMAGES:
             n = min(len(outputs), len(c["y_test"]))
             records += realism_records(self.run_name, name, real=c["y_test"].images[:n], fake=outputs[:n],
-                                       real_features=clf.features(c["y_test"].images).float().cpu().numpy(),
+                                       real_features=self.y_test_features(),
                                        fake_features=clf.features(outputs).float().cpu().numpy(), seed=self.seed)
         records += unpaired_colour_records(self.run_name, name, outputs, x_test.labels, c["y_test"].images,
                                            c["y_test"].labels, seed=self.seed)
-        fit_json = self.fit_stage(name).dir / "fit.json"
-        if fit_json.exists():
-            records.append(Record(self.run_name, name, "fit_seconds", json.loads(fit_json.read_text())["seconds"],
-                                  split="train", n=len(c["x_train"]) + len(c["y_train"]), unit="s"))
-        save_file({"outputs": _u8(outputs).contiguous()}, str(st.dir / "outputs.safetensors"))
-        np.save(st.dir / "pred.npy", pred)
-        np.save(st.dir / "correct.npy", correct)
-        _save_records(st.dir / "records.json", records)
-        st.finish()
-        return records
+        return self.finish_eval(st, name, records, outputs, pred, correct=correct)
 
     def run(self, *, report: bool = True, comparison: bool = False) -> Path:
         from .eval.evaluate import mcnemar_records
@@ -263,22 +248,9 @@ class CrossBenchmark(Benchmark):
         for m in self.methods:
             records += self.speed(m)
         # artifacts: confusion matrices, image grid (X, methods, a Y image of the same class), curves
-        art = self.run_dir / "artifacts"
-        for sub in ("confusion", "samples", "curves"):
-            shutil.rmtree(art / sub, ignore_errors=True)
-            (art / sub).mkdir(parents=True, exist_ok=True)
-        classes = list(clf.classes)
-        _write_json(art / "confusion" / "classifier.json",
-                    {"classes": classes, "matrix": ev["confusion"], "title": "classifier on real Y (test)"})
+        art = self.reset_artifacts()
         xl = c["x_test"].labels
-        for m in self.methods:
-            pred = np.load(self.eval_stage(m).dir / "pred.npy")
-            mat = np.zeros((len(classes), len(classes)), dtype=int)
-            for lab, p in zip(xl, pred, strict=True):
-                if lab in classes:
-                    mat[classes.index(lab), p] += 1
-            _write_json(art / "confusion" / f"{m}.json",
-                        {"classes": classes, "matrix": mat.tolist(), "title": f"Y classifier on {m}(X test)"})
+        self.write_confusions(art, self.methods, ev, xl, "Y classifier on {m}(X test)")
         from .io import write_image
 
         rows = []
@@ -297,10 +269,7 @@ class CrossBenchmark(Benchmark):
             rows.append({"cell_type": cls, "id": c["x_test"].ids[i], "images": images, "diffs": {}})
         _write_json(art / "samples" / "manifest.json",
                     {"columns": ["X", *self.methods, "Y (another cell)"], "rows": rows})
-        for m in self.methods:
-            log_file = self.fit_stage(m).dir / "work" / "train_log.jsonl"
-            if log_file.exists():
-                shutil.copyfile(log_file, art / "curves" / f"{m}.jsonl")
+        self.copy_curves(art, self.methods)
         config = {**self.cfg, "data": str(self.spec), "x_test": self.x_test_dir, "scale": self.scale,
                   "scale_factor": c.get("scale_factor"), "methods": self.methods, "device": self.device,
                   "seed": self.seed, "shared_classes": c["shared"], "x_only_classes": c["x_only"],
