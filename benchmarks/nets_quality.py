@@ -8,7 +8,8 @@ over the test images. Also prints each method's fit time.
     .venv/bin/python benchmarks/nets_quality.py --methods affine,poly,hm,ccgan,pcnet \
         --classifier-dir DIR --out /tmp/nets_quality
 
-Simulated pairs are cached in ``--cache`` (default /tmp/cellbench_sim) so repeated runs are fast.
+Simulated pairs are cached in ``--cache`` (default /tmp/cellbench_sim), keyed by a hash of the simulator's
+code and system files, so repeated runs are fast and a simulator change regenerates them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,24 @@ import numpy as np
 import torch
 
 
+def simulator_fingerprint() -> str:
+    """Hash of the simulator's code and system files, so a cache never outlives a simulator change."""
+    import hashlib
+
+    import cellbench.sim
+
+    root = Path(cellbench.sim.__file__).parent
+    h = hashlib.sha256()
+    for p in sorted([*root.glob("*.py"), *root.glob("systems/*.toml")]):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def load_split(cache: Path, start: int, n: int, seed: int = 0, size: int = 256):
     from cellbench.data.sets import PairedSet
     from cellbench.sim import simulate_pairs
 
-    f = cache / f"{'test' if start else 'train'}_{start}_{start + n}.pt"
+    f = cache / f"{'test' if start else 'train'}_{start}_{start + n}_{simulator_fingerprint()}.pt"
     if f.exists():
         return PairedSet(**torch.load(f, weights_only=True))
     data = simulate_pairs(n, size=size, seed=seed, start=start, progress=True)

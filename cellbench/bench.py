@@ -38,7 +38,7 @@ from .data.sets import LabelledSet, PairedSet, UnpairedSet
 from .data.spec import DataSpec, parse_data_spec
 from .errors import ConfigError
 from .methods import NORMALIZERS, Normalizer, create_normalizer, load_normalizer
-from .presets import models_dir, preset_names
+from .presets import load_preset, models_dir, preset_names
 from .results import Record, load_results, run_metadata, save_results
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,11 @@ class Benchmark:
 
     # .. stage 2: classifier ....................................................................
     def classifier_config(self) -> dict[str, Any]:
-        return {"data": self.data_config(), "preset": self.cfg["classifier_preset"], "seed": self.seed}
+        from .eval.classifier import classifier_config
+
+        # the preset's values, not only its name: editing models/classifier.toml retrains
+        return {"data": self.data_config(), "preset": self.cfg["classifier_preset"], "seed": self.seed,
+                "settings": classifier_config(self.cfg["classifier_preset"])}
 
     def classifier_stage(self) -> Stage:
         return Stage(self.run_dir, "classifier", self.classifier_config())
@@ -261,7 +265,9 @@ class Benchmark:
 
     def fit_stage(self, name: str) -> Stage:
         preset, params = self.method_params(name)
-        cfg = {"data": self.data_config(), "method": name, "preset": preset, "params": params, "seed": self.seed}
+        # the preset's values, not only its name: editing models/<method>.toml refits
+        cfg = {"data": self.data_config(), "method": name, "preset": preset, "params": params, "seed": self.seed,
+               "preset_values": load_preset(name, preset)}
         if params.get("feature_net") == "classifier":
             cfg["classifier"] = self.classifier_config()
         return Stage(self.run_dir, f"fit-{name}", cfg)
@@ -278,6 +284,8 @@ class Benchmark:
                 self.classifier()
             data = self.train_data()
             n = len(data) if isinstance(data, PairedSet) else len(data.x) + len(data.y)
+            if getattr(NORMALIZERS.get(name), "trainable", False) and not self.progress:
+                params = {**params, "progress": False}  # --quiet; not part of the stage's hash
             norm = create_normalizer(name, preset, **params)
             norm.bind_run_dir(st.dir / "work", resume=True)
             log.info("stage fit-%s: fitting on %d training images", name, n)

@@ -132,10 +132,13 @@ class CrossBenchmark(Benchmark):
                 "version": __version__}
 
     def classifier_config(self) -> dict[str, Any]:
+        from .eval.classifier import classifier_config
+
         # the classifier sees only Y: X, its test folder and its scaling do not invalidate it
         return {"y": self.spec.options["y"], "size": self.cfg["size"], "seed": self.seed,
                 "limit_per_class": (self.cfg.get("cross_limit_per_class") or None),
-                "preset": self.cfg["classifier_preset"], "version": __version__}
+                "preset": self.cfg["classifier_preset"], "version": __version__,
+                "settings": classifier_config(self.cfg["classifier_preset"])}
 
     def cross(self) -> dict[str, Any]:
         if self._cross is not None:

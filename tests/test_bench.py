@@ -99,3 +99,28 @@ def test_cross_track_on_unpaired_folders(tmp_path):
     gain = {r.method: r.value for r in records if r.metric == "accuracy_gain"}
     assert gain["identity"] == 0.0
     assert gain["histmatch"] == pytest.approx(acc["histmatch"].value - acc["identity"].value)
+
+
+def test_editing_a_preset_invalidates_its_cached_stages(tmp_path, monkeypatch):
+    """A fit (and the classifier) is cached under the preset's values, not only its name."""
+    import shutil
+
+    from cellbench.bench import Benchmark
+    from cellbench.presets import models_dir
+
+    models = tmp_path / "models"
+    shutil.copytree(models_dir(), models)
+    monkeypatch.setenv("CELLBENCH_MODELS_DIR", str(models))
+    bench = Benchmark(tmp_path / "run", methods=["ccgan", "hm"], progress=False)
+    before = {m: bench.fit_stage(m).key for m in ("ccgan", "hm")}
+    clf_before = bench.classifier_stage().key
+    text = (models / "ccgan.toml").read_text().replace("iterations = 3000", "iterations = 3001")
+    assert "iterations = 3001" in text
+    (models / "ccgan.toml").write_text(text)
+    assert bench.fit_stage("ccgan").key != before["ccgan"]
+    assert bench.fit_stage("hm").key == before["hm"]  # other methods keep their cache
+    assert bench.classifier_stage().key == clf_before
+    clf = (models / "classifier.toml").read_text()
+    assert "\nepochs = 30\n" in clf
+    (models / "classifier.toml").write_text(clf.replace("\nepochs = 30\n", "\nepochs = 31\n", 1))
+    assert bench.classifier_stage().key != clf_before

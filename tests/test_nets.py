@@ -274,3 +274,22 @@ def test_onnx_export_matches_pytorch(tmp_path, capsys):
     with torch.no_grad():
         want = norm.G_xy.eval()(x).numpy()
     assert np.abs(got - want).max() < 1e-3
+
+
+def test_head_depth_adds_full_resolution_1x1_layers():
+    """Each extra head layer is a 1x1 convolution (c*c weights, no bias) plus batch norm (2c)."""
+    from cellbench.nets import UNetGenerator
+
+    def count(g):
+        return sum(p.numel() for p in g.parameters())
+
+    c = 24
+    base = UNetGenerator([8, 16], head_channels=c)
+    deeper = UNetGenerator([8, 16], head_channels=c, head_depth=2)
+    assert count(deeper) - count(base) == 2 * (c * c + 2 * c)
+    convs = [m for m in deeper.head if isinstance(m, nn.Conv2d)]
+    assert [m.kernel_size for m in convs] == [(1, 1)] * 3
+    out = deeper.eval()(torch.rand(2, 3, 16, 16))
+    assert out.shape == (2, 3, 16, 16) and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    with pytest.raises(ValueError, match="head_channels"):
+        UNetGenerator([8, 16], head_depth=1)

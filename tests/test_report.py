@@ -542,3 +542,28 @@ def test_fmt_is_finite_safe():
     assert fmt_value(0.00012, metric="mcnemar_p") == "<0.001"
     assert fmt_value(87.25, unit="%") == "87.2"
     assert fmt_value(0.91234) == "0.9123"
+
+
+def test_markdown_leaderboard_matches_the_records_and_escapes(built, tmp_path, capsys):
+    from cellbench.cli import main
+
+    run, recs, _, _ = built
+    assert main(["report", str(run), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    board = out.split("### Speed")[0]
+    assert board.startswith("### Leaderboard")
+    rows = {ln.split("|")[1].strip(): ln for ln in board.splitlines() if ln.startswith("| ")}
+    ag = {r.method: r.value for r in recs if r.metric == "agreement" and r.cell_type == "all"}
+    best = max(METHODS, key=lambda m: ag[m])
+    assert f"{ag[best]:.1f}" in rows[best] and "★" in rows[best]
+    ranked = [name for name in rows if name in METHODS]
+    assert ranked == sorted(METHODS, key=lambda m: -ag[m])  # same order as the HTML leaderboard
+    assert not (run / "report.md").exists()  # printing writes nothing
+    evil_run, _ = make_run(tmp_path / "evil", evil=True)
+    assert main(["report", str(evil_run), "--markdown"]) == 0
+    evil_out = capsys.readouterr().out
+    assert "alert(1)" in evil_out  # shown
+    for block in evil_out.split("### ")[1:]:
+        table = [ln for ln in block.splitlines() if ln.startswith("|")]
+        cols = {len(re.findall(r"(?<!\\)\|", ln)) for ln in table}
+        assert len(cols) == 1, cols  # a hostile name cannot add or break columns

@@ -256,3 +256,60 @@ def test_normalized_gram_for_other_feature_networks():
     assert torch.allclose(tr.gram(x).flatten(1).norm(dim=1), torch.ones(3), atol=1e-5)
     tr.paired = False
     assert tr.gram(x).shape == (5, 5) and tr.gram(x).norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pcnet_unpaired_feature_weight(tmp_path, vgg_cache):
+    """lambda_feat_unpaired replaces lambda_feat only without pairs: the logged total is eq. (7)
+    with the weight that applies (cycle, identity and the Gram term recomputed from the log)."""
+    data = paired_data()
+    unpaired = UnpairedSet(x=LabelledSet(data.x, list(data.labels)), y=LabelledSet(data.y, list(data.labels)))
+    for kind, train, want in (("unpaired", unpaired, 7.0), ("paired", data, 0.5)):
+        norm = make("pcnet", iterations=2, lambda_feat=0.5, lambda_feat_unpaired=7.0)
+        norm.bind_run_dir(tmp_path / kind)
+        norm.fit(train, seed=0)
+        for r in (json.loads(s) for s in (tmp_path / kind / "train_log.jsonl").read_text().splitlines()):
+            expect = 10 * (r["G_cycle"] + r["G_identity"] + r["G_paired"]) + want * r["G_feat"]
+            assert r["G_total"] == pytest.approx(expect, rel=1e-4), kind
+
+
+def test_crop_focus_draws_stained_content():
+    """focus=1 centres every crop on a dark (stained) block; focus=0 draws uniformly; both stay
+    seeded and in bounds."""
+    from cellbench.train.data import BatchSource, content_weights
+
+    x = torch.full((4, 3, 64, 64), 0.9)
+    x[:, :, 40:56, 8:24] = 0.2  # one dark "cell" per image: 6 % of the area
+    w = content_weights(x)
+    assert w.shape == (4, 64) and w.argmax(1).tolist() == [5 * 8 + 1] * 4 and float(w.min()) == 0.0
+
+    def dark_fraction(focus, seed=0):
+        src = BatchSource(x, x.clone(), paired=True, batch_size=256, crop=16, seed=seed, focus=focus)
+        a, b = src.next_batch()
+        assert torch.equal(a, b) and a.shape == (256, 3, 16, 16)
+        return float((a.amin(dim=(1, 2, 3)) < 0.5).float().mean())
+
+    assert dark_fraction(1.0) == 1.0
+    assert dark_fraction(0.0) < 0.5
+    assert 0.4 < dark_fraction(0.5) < 1.0
+    assert dark_fraction(1.0, seed=3) == dark_fraction(1.0, seed=3)
+    with pytest.raises(ConfigError, match="crop_focus"):
+        BatchSource(x, x, paired=True, batch_size=2, crop=16, seed=0, focus=1.5)
+
+
+def test_bn_freeze_keeps_the_running_statistics_from_the_freeze_on(tmp_path):
+    """bn_freeze_from=0.5 of 4 iterations: the generators' batch-norm statistics stop at iteration 2
+    (equal to a 2-iteration run's), while their weights keep training; without it they move on."""
+
+    def fit(iterations, **kw):
+        norm = make("ccgan", iterations=iterations, **kw)
+        norm.bind_run_dir(tmp_path / f"{iterations}-{kw}")
+        norm.fit(paired_data(), seed=0)
+        return weights_of(norm)
+
+    two, frozen, free = fit(2), fit(4, bn_freeze_from=0.5), fit(4)
+    stats = [k for k in two if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in two if k.endswith("weight")]
+    assert stats and weights
+    assert all(torch.equal(frozen[k], two[k]) for k in stats)
+    assert not all(torch.equal(free[k], two[k]) for k in stats)
+    assert not all(torch.equal(frozen[k], two[k]) for k in weights)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import CellbenchError
 from .core import _parse_set
 
 
@@ -48,6 +49,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import build_report
 
+    if args.markdown:
+        from ..report import tables
+        from ..report.build import _methods_in
+        from ..results import load_results
+
+        path = Path(args.run_dir) / "results.json"
+        if not path.is_file():
+            raise CellbenchError(f"{path}: no results; run `cellbench run-all --out {args.run_dir}` first")
+        records, _ = load_results(path)
+        methods = _methods_in(records)
+        sections = [("Leaderboard", tables.leaderboard(records, methods)),
+                    ("Speed", tables.speed_table(records, methods))]
+        sections.append(("Accuracy gain over raw X (cross-system track)", tables.metric_columns(
+            records, methods, [("accuracy", "all"), ("accuracy_gain", "all")])))
+        sections.append(("Colour statistics: ΔE00 between the mean Lab colours of each region and Y's",
+                         tables.metric_columns(records, methods, [("colour_delta_e", reg) for reg in (
+                             "wbc", "nucleus", "cytoplasm", "red_cell", "background")])))
+        sections += [(t.caption, t) for t in tables.per_cell_type_tables(records, methods)]
+        for title, table in sections:
+            if table:
+                print(f"### {title}\n\n{tables.to_markdown(table)}")
+        return 0
     out = build_report(Path(args.run_dir), out=Path(args.out) if args.out else None)
     print(f"report: {out}")
     return 0
@@ -84,4 +107,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="rebuild the HTML report from stored results (no recomputation)")
     p.add_argument("run_dir")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the leaderboard and speed tables as Markdown instead of writing HTML")
     p.set_defaults(func=cmd_report)

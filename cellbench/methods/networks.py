@@ -66,6 +66,7 @@ class GeneratorPairNormalizer(Normalizer):
             input_skip=p["input_skip"],
             upsample=p["upsample"],
             head_channels=p["head_channels"],
+            head_depth=p["head_depth"],
         )
 
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -80,8 +81,10 @@ class GeneratorPairNormalizer(Normalizer):
             "input_skip",
             "upsample",
             "head_channels",
+            "head_depth",
             "batch_size",
             "crop_size",
+            "crop_focus",
         ) + self.signature_keys
         return {
             k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.params.items() if k in keys
@@ -98,6 +101,7 @@ class GeneratorPairNormalizer(Normalizer):
             lr=float(p["lr"]),
             betas=(p["beta1"], p["beta2"]),
             lr_decay_start=None if decay >= 1.0 else int(decay * int(p["iterations"])),
+            bn_freeze_start=None if p["bn_freeze_from"] >= 1.0 else int(p["bn_freeze_from"] * int(p["iterations"])),
             checkpoint_every=int(p["checkpoint_every"]),
             sample_every=int(p["sample_every"]),
             keep_checkpoints=int(p["keep_checkpoints"]),
@@ -124,6 +128,7 @@ class GeneratorPairNormalizer(Normalizer):
             crop=crop,
             seed=seed,
             rotate=bool(p["rotate"]),
+            focus=float(p["crop_focus"]),
         )
         if source.crop % mult:
             raise ConfigError(
@@ -211,6 +216,7 @@ _COMMON = dict(
     input_skip=True,
     upsample="nearest",
     head_channels=0,
+    head_depth=0,
     iterations=50_000,
     batch_size=4,
     crop_size=256,
@@ -218,8 +224,10 @@ _COMMON = dict(
     beta1=0.9,
     beta2=0.999,
     lr_decay_from=1.0,
+    bn_freeze_from=1.0,
     mode="auto",
     rotate=True,
+    crop_focus=0.0,
     checkpoint_every=1000,
     sample_every=1000,
     keep_checkpoints=2,
@@ -241,7 +249,7 @@ class CCGANNormalizer(GeneratorPairNormalizer):
 
     Parameters
     ----------
-    gen_widths, gen_kernel, gen_up_kernel, input_skip, upsample, head_channels:
+    gen_widths, gen_kernel, gen_up_kernel, input_skip, upsample, head_channels, head_depth:
         Generator architecture (:class:`~cellbench.nets.UNetGenerator`).
     disc_widths, disc_strides:
         Discriminator architecture (:class:`~cellbench.nets.PatchDiscriminator`).
@@ -250,6 +258,14 @@ class CCGANNormalizer(GeneratorPairNormalizer):
     iterations, batch_size, crop_size, lr, beta1, beta2, lr_decay_from:
         Optimisation (paper: 50,000 iterations, batch 4, 256x256, Adam 2e-4, (0.9, 0.999));
         ``lr_decay_from`` < 1 decays the rate linearly to 0 from that fraction of the run.
+    bn_freeze_from:
+        < 1: from that fraction of the run the generators' batch norm uses its running statistics
+        in training too (:class:`~cellbench.train.TrainConfig`), so training ends on the function
+        inference runs; 1 (the paper) never.
+    rotate, crop_focus:
+        Random 90-degree rotations of the crops (paper sec. 5.1); the fraction of crops centred on
+        stained content rather than drawn uniformly (:class:`~cellbench.train.data.BatchSource`;
+        0 in the paper).
     mode:
         ``auto`` (paired for a PairedSet), ``paired`` or ``unpaired`` (a CycleGAN).
     checkpoint_every, sample_every, keep_checkpoints:
@@ -345,6 +361,10 @@ class PCNetNormalizer(GeneratorPairNormalizer):
     lambda_cycle, lambda_identity, lambda_paired, lambda_feat:
         Weights of eq. (7) (paper: all 10); unpaired data sets ``lambda_paired`` to 0 and compares
         batch-mean Gram matrices.
+    lambda_feat_unpaired:
+        ``lambda_feat`` for unpaired data (``None``: the same). Without the paired term the Gram
+        loss is the only term that pulls G(x) towards system Y (cycle and identity are satisfied by
+        the identity map), so a preset that damps it for paired data must restore it here.
     feature_net:
         ``vgg16`` (paper; ImageNet weights from ``vgg_weights`` or the torch hub cache, never
         downloaded) or ``classifier`` (the WBC classifier in ``classifier_dir``).
@@ -365,13 +385,21 @@ class PCNetNormalizer(GeneratorPairNormalizer):
         "lambda_identity",
         "lambda_paired",
         "lambda_feat",
+        "lambda_feat_unpaired",
         "mode",
         "feature_net",
         "feature_norm",
     )
 
     def __init__(
-        self, *, lambda_cycle=10.0, lambda_identity=10.0, lambda_paired=10.0, lambda_feat=10.0, **kw: Any
+        self,
+        *,
+        lambda_cycle=10.0,
+        lambda_identity=10.0,
+        lambda_paired=10.0,
+        lambda_feat=10.0,
+        lambda_feat_unpaired=None,
+        **kw: Any,
     ) -> None:
         params = {**_COMMON, "batch_size": 2, "feature_norm": "none", **kw}
         unknown = set(params) - set(_COMMON) - {"feature_norm"}
@@ -384,6 +412,7 @@ class PCNetNormalizer(GeneratorPairNormalizer):
             lambda_identity=lambda_identity,
             lambda_paired=lambda_paired,
             lambda_feat=lambda_feat,
+            lambda_feat_unpaired=lambda_feat_unpaired,
             **params,
         )
 
@@ -405,7 +434,9 @@ class PCNetNormalizer(GeneratorPairNormalizer):
             cycle=p["lambda_cycle"],
             identity=p["lambda_identity"],
             paired=p["lambda_paired"] if paired else 0.0,
-            feat=p["lambda_feat"],
+            feat=p["lambda_feat"]
+            if paired or p["lambda_feat_unpaired"] is None
+            else p["lambda_feat_unpaired"],
         )
         sig = {**self.arch_signature(), "paired": paired}
         trainer = PCNetTrainer(

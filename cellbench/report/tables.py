@@ -56,6 +56,7 @@ PER_CELL_TYPE: tuple[tuple[str, tuple[str, ...]], ...] = (
 LABELS: dict[str, str] = {
     "agreement": "Agreement",
     "accuracy": "Accuracy",
+    "accuracy_gain": "Gain vs raw X",
     "mcnemar_p": "McNemar p",
     "psnr": "PSNR",
     "ssim": "SSIM",
@@ -451,3 +452,47 @@ def mcnemar_matrix(records: Sequence[Record], methods: Sequence[str]) -> Table:
         "(no multiple-comparison correction).",
         mark="●",
     )
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: Table) -> str:
+    """A :class:`Table` as a GitHub-flavoured Markdown table (values, CIs in brackets, ★ on the
+    best value per column); cell text is escaped so a method name cannot break the table."""
+    if not table:
+        return ""
+    heads = [table.row_header] + [
+        c.title + (f" ({c.subtitle})" if c.subtitle else "") + (f" {c.arrow}" if c.arrow else "")
+        for c in table.columns
+    ]
+    lines = ["| " + " | ".join(_md_escape(h) for h in heads) + " |",
+             "|---|" + "---:|" * len(table.columns)]
+    for row in table.rows:
+        cells = [
+            (c.text + (f" {c.ci}" if c.ci else "") + (f" {table.mark}" if c.best else ""))
+            for c in row.cells
+        ]
+        name = row.method + (" (reference)" if row.reference else "")
+        lines.append("| " + " | ".join(_md_escape(t) for t in [name, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def metric_columns(
+    records: Sequence[Record], methods: Sequence[str], columns: Sequence[tuple[str, str]], *, split: str = "test",
+    caption: str = "",
+) -> Table:
+    """Methods x the given ``(metric, region)`` overall columns (those with data), in that order."""
+    recs = [r for r in _test(records, split) if r.cell_type == "all" and r.method in methods]
+    index = _index(recs)
+    keys = [(m, reg, "", "all") for m, reg in columns if (m, reg, "", "all") in index]
+    if not keys:
+        return Table([], [])
+    order = [m for m in methods if any(m in index.get(k, {}) for k in keys)]
+    table = _method_table(index, keys, order)
+    for c in table.columns:
+        c.title = f"{label(c.metric)} {c.region}" if c.region not in ("all", "") else label(c.metric)
+        c.region = "all"  # already in the title
+    table.caption = caption
+    return table

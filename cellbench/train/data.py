@@ -17,6 +17,29 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+FOCUS_BLOCK = 8
+
+
+def content_weights(images: torch.Tensor, block: int = FOCUS_BLOCK) -> torch.Tensor:
+    """``(N, 3, H, W)`` -> ``(N, H // block * W // block)``: how much stained content each
+    ``block x block`` cell holds, for :class:`BatchSource`'s ``focus`` sampling.
+
+    The weight is the darkening against the image's own background, ``max(0, 1 - gray / q)``
+    with ``q`` the 95th percentile of the gray level (empty slide is the brightest large area
+    in bright-field images), averaged over the cell. No labels or masks are needed, so it works
+    for any bright-field data; dense nuclei weigh most, red cells less, empty slide nothing.
+    """
+    out = []
+    for i in range(0, len(images), 64):  # chunks bound the float copy of large uint8 stacks
+        gray = images[i : i + 64].float().mean(dim=1, keepdim=True)
+        flat = gray.flatten(1)
+        k = max(1, int(round(0.95 * flat.shape[1])))
+        q = flat.kthvalue(k, dim=1).values.clamp_min(1e-3)[:, None, None, None]
+        dark = (1.0 - gray / q).clamp_min(0.0)
+        out.append(torch.nn.functional.avg_pool2d(dark, block).flatten(1))
+    return torch.cat(out)
+
+
 def _augment(images: torch.Tensor, tops, lefts, ks, crop: int) -> torch.Tensor:
     out = []
     for img, t, l, k in zip(images, tops, lefts, ks, strict=True):
@@ -39,6 +62,12 @@ class BatchSource:
         Seeds the source's own generator (nothing global is touched).
     rotate:
         Rotate each sample by a random multiple of 90 degrees (paper sec. 5.1).
+    focus:
+        Fraction of the crops centred on stained content (a block drawn with probability
+        proportional to :func:`content_weights`) instead of uniformly at random. Small crops of
+        blood smears are mostly empty slide or red cells; ``focus`` spends more of a short
+        training run on the white cells that the benchmark scores. 0 (the paper) draws every
+        crop uniformly.
     """
 
     def __init__(
@@ -51,6 +80,7 @@ class BatchSource:
         crop: int | None,
         seed: int,
         rotate: bool = True,
+        focus: float = 0.0,
     ) -> None:
         if len(x) == 0 or len(y) == 0:
             raise ConfigError("the training data is empty")
@@ -68,31 +98,48 @@ class BatchSource:
                 f"crop_size {crop} is larger than the training images ({h}x{w}); "
                 f"use --set crop_size={min(h, w)} or larger images"
             )
+        if not 0.0 <= float(focus) <= 1.0:
+            raise ConfigError(f"crop_focus must be between 0 and 1, got {focus}")
         self.x, self.y = x, y
         self.paired, self.batch_size, self.crop, self.rotate = paired, batch_size, crop, rotate
+        self.focus = float(focus) if crop < min(h, w) else 0.0
+        self.wx = content_weights(x) if self.focus else None
+        self.wy = content_weights(y) if self.focus and not paired else None
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def __len__(self) -> int:
         return len(self.x)
 
-    def _draw(self, images: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
+    def _draw(self, images: torch.Tensor, idx: torch.Tensor, g: torch.Generator, weights=None):
         b = len(idx)
         h, w = images.shape[-2:]
         tops = torch.randint(0, h - self.crop + 1, (b,), generator=g).tolist()
         lefts = torch.randint(0, w - self.crop + 1, (b,), generator=g).tolist()
         ks = torch.randint(0, 4, (b,), generator=g).tolist() if self.rotate else [0] * b
+        if self.focus and weights is not None:
+            focused = (torch.rand(b, generator=g) < self.focus).tolist()
+            wts = weights[idx] + 1e-6  # an empty image falls back to uniform cells
+            cells = torch.multinomial(wts, 1, generator=g)[:, 0].tolist()
+            jitter = torch.randint(0, FOCUS_BLOCK, (b, 2), generator=g).tolist()
+            per_row = w // FOCUS_BLOCK
+            for i in range(b):
+                if focused[i]:
+                    cy = cells[i] // per_row * FOCUS_BLOCK + jitter[i][0]
+                    cx = cells[i] % per_row * FOCUS_BLOCK + jitter[i][1]
+                    tops[i] = min(max(cy - self.crop // 2, 0), h - self.crop)
+                    lefts[i] = min(max(cx - self.crop // 2, 0), w - self.crop)
         return tops, lefts, ks
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         g, b = self.generator, self.batch_size
         ix = torch.randint(0, len(self.x), (b,), generator=g)
-        tops, lefts, ks = self._draw(self.x, ix, g)
+        tops, lefts, ks = self._draw(self.x, ix, g, self.wx)
         x = _augment(self.x[ix], tops, lefts, ks, self.crop)
         if self.paired:
             y = _augment(self.y[ix], tops, lefts, ks, self.crop)
         else:
             iy = torch.randint(0, len(self.y), (b,), generator=g)
-            y = _augment(self.y[iy], *self._draw(self.y, iy, g), self.crop)
+            y = _augment(self.y[iy], *self._draw(self.y, iy, g, self.wy), self.crop)
         return x.float(), y.float()
 
     def fixed_batch(self, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,12 +182,14 @@ class StreamingSource(BatchSource):
         pool_size: int = 256,
         refresh: int = 1,
         rotate: bool = True,
+        focus: float = 0.0,
     ) -> None:
         self._stream: Iterator[PairedSet] = iter(stream)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         first = self._pull(pool_size)
         super().__init__(
-            first[0], first[1], paired=paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate
+            first[0], first[1], paired=paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate,
+            focus=focus,
         )
         self.pool_size, self.refresh, self._slot = pool_size, refresh, 0
 
@@ -166,16 +215,32 @@ class StreamingSource(BatchSource):
                 for a, b in zip(nx, ny, strict=True):
                     if len(self.x) < self.pool_size:
                         self.x, self.y = torch.cat([self.x, a[None]]), torch.cat([self.y, b[None]])
+                        if self.wx is not None:
+                            self.wx = torch.cat([self.wx, content_weights(a[None])])
+                        if self.wy is not None:
+                            self.wy = torch.cat([self.wy, content_weights(b[None])])
                     else:
-                        self.x[self._slot], self.y[self._slot] = a, b
+                        slot = self._slot
+                        self.x[slot], self.y[slot] = a, b
                         self._slot = (self._slot + 1) % self.pool_size
+                        if self.wx is not None:
+                            self.wx[slot] = content_weights(a[None])[0]
+                        if self.wy is not None:
+                            self.wy[slot] = content_weights(b[None])[0]
             except ConfigError:
                 self.refresh = 0  # the stream ended: keep training on the pool
         return super().next_batch()
 
 
 def make_source(
-    data, *, paired: bool | None, batch_size: int, crop: int | None, seed: int, rotate: bool = True
+    data,
+    *,
+    paired: bool | None,
+    batch_size: int,
+    crop: int | None,
+    seed: int,
+    rotate: bool = True,
+    focus: float = 0.0,
 ) -> tuple[BatchSource, bool]:
     """A :class:`BatchSource` for a PairedSet, UnpairedSet or a stream of pairs, and whether it is paired."""
     if isinstance(data, PairedSet):
@@ -183,7 +248,8 @@ def make_source(
             raise ConfigError("the training split is empty")
         is_paired = True if paired is None else paired
         return BatchSource(
-            data.x, data.y, paired=is_paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate
+            data.x, data.y, paired=is_paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate,
+            focus=focus,
         ), is_paired
     if isinstance(data, UnpairedSet):
         if paired:
@@ -199,11 +265,12 @@ def make_source(
             crop=crop,
             seed=seed,
             rotate=rotate,
+            focus=focus,
         ), False
     if isinstance(data, Iterable):
         is_paired = True if paired is None else paired
         return StreamingSource(
-            data, paired=is_paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate
+            data, paired=is_paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate, focus=focus
         ), is_paired
     raise ConfigError(
         f"cannot train on {type(data).__name__}; pass a PairedSet, an UnpairedSet or a stream of PairedSets"

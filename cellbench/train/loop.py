@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConfigError
+from ..nets import UNetGenerator
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from .data import BatchSource
@@ -36,7 +37,10 @@ class TrainConfig:
     ``lr_decay_start``: iteration from which the learning rate falls linearly to 0 at
     ``iterations`` (``None``: constant, as in the paper). ``amp``: mixed precision on CUDA
     (``auto`` = bf16 where supported, else fp16 with loss scaling; always off on CPU).
-    ``channels_last``: ``None`` = on for CUDA.
+    ``channels_last``: ``None`` = on for CUDA. ``bn_freeze_start``: iteration from which the
+    generators' batch norm layers normalise with their running statistics during training too
+    (``None``: never, as in the paper), so the last iterations train the function that inference
+    runs (cf. Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 4).
     """
 
     iterations: int = 50_000
@@ -44,6 +48,7 @@ class TrainConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
     lr_decay_start: int | None = None
+    bn_freeze_start: int | None = None
     checkpoint_every: int = 1000
     sample_every: int = 1000
     keep_checkpoints: int = 2
@@ -166,9 +171,14 @@ class Trainer:
         Frozen networks also run in inference mode, so their batch norm uses (and does not
         update) its running statistics, as Keras does for layers with ``trainable = False``.
         """
+        freeze = self.config.bn_freeze_start is not None and self.iteration >= self.config.bn_freeze_start
         for n in self.trained:
             self.nets[n].requires_grad_(n in names)
             self.nets[n].train(n in names)
+            if freeze and n in names and isinstance(self.nets[n], UNetGenerator):
+                for m in self.nets[n].modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
 
     def optimize(self, loss: torch.Tensor, *names: str) -> None:
         """Backward ``loss`` into the unfrozen networks ``names`` and take one Adam step each."""
