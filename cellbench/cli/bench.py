@@ -61,8 +61,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         methods = _methods_in(records)
         sections = [("Leaderboard", tables.leaderboard(records, methods)),
                     ("Speed", tables.speed_table(records, methods))]
-        sections.append(("Accuracy gain over raw X (cross-system track)", tables.metric_columns(
-            records, methods, [("accuracy", "all"), ("accuracy_gain", "all")])))
+        if any(r.metric == "accuracy_gain" for r in records):
+            sections.append(("Accuracy gain over raw X (cross-system track)", tables.metric_columns(
+                records, methods, [("accuracy", "all"), ("accuracy_gain", "all")])))
         sections.append(("Colour statistics: ΔE00 between the mean Lab colours of each region and Y's",
                          tables.metric_columns(records, methods, [("colour_delta_e", reg) for reg in (
                              "wbc", "nucleus", "cytoplasm", "red_cell", "background")])))
