@@ -313,3 +313,15 @@ def test_bn_freeze_keeps_the_running_statistics_from_the_freeze_on(tmp_path):
     assert all(torch.equal(frozen[k], two[k]) for k in stats)
     assert not all(torch.equal(free[k], two[k]) for k in stats)
     assert not all(torch.equal(frozen[k], two[k]) for k in weights)
+
+
+def test_streaming_focus_weights_follow_the_pool():
+    """The focus weights of a streaming pool are recomputed for every appended or replaced pair."""
+    from cellbench.train.data import StreamingSource, content_weights
+
+    g = torch.Generator().manual_seed(0)
+    pairs = ({"x": torch.rand(3, 32, 32, generator=g), "y": torch.rand(3, 32, 32, generator=g)} for _ in range(12))
+    src = StreamingSource(pairs, paired=False, batch_size=2, crop=16, seed=0, pool_size=4, focus=0.5)
+    for _ in range(6):  # past the pool size: replacements happen
+        src.next_batch()
+    assert torch.allclose(src.wx, content_weights(src.x)) and torch.allclose(src.wy, content_weights(src.y))

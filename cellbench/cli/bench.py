@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import CellbenchError
 from .core import _parse_set
 
 
@@ -51,14 +50,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.markdown:
         from ..report import tables
-        from ..report.build import _methods_in
         from ..results import load_results
 
-        path = Path(args.run_dir) / "results.json"
-        if not path.is_file():
-            raise CellbenchError(f"{path}: no results; run `cellbench run-all --out {args.run_dir}` first")
-        records, _ = load_results(path)
-        methods = _methods_in(records)
+        records, _ = load_results(args.run_dir)  # a clear CellbenchError when there are none
+        methods = tables.order_methods(r.method for r in records)
         sections = [("Leaderboard", tables.leaderboard(records, methods)),
                     ("Speed", tables.speed_table(records, methods))]
         if any(r.metric == "accuracy_gain" for r in records):
@@ -109,5 +104,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--markdown", action="store_true",
-                   help="print the leaderboard and speed tables as Markdown instead of writing HTML")
+                   help="print the leaderboard, speed, colour and per-cell-type tables as Markdown, not HTML")
     p.set_defaults(func=cmd_report)

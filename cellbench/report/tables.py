@@ -480,8 +480,7 @@ def to_markdown(table: Table) -> str:
 
 
 def metric_columns(
-    records: Sequence[Record], methods: Sequence[str], columns: Sequence[tuple[str, str]], *, split: str = "test",
-    caption: str = "",
+    records: Sequence[Record], methods: Sequence[str], columns: Sequence[tuple[str, str]], *, split: str = "test"
 ) -> Table:
     """Methods x the given ``(metric, region)`` overall columns (those with data), in that order."""
     recs = [r for r in _test(records, split) if r.cell_type == "all" and r.method in methods]
@@ -490,9 +489,4 @@ def metric_columns(
     if not keys:
         return Table([], [])
     order = [m for m in methods if any(m in index.get(k, {}) for k in keys)]
-    table = _method_table(index, keys, order)
-    for c in table.columns:
-        c.title = f"{label(c.metric)} {c.region}" if c.region not in ("all", "") else label(c.metric)
-        c.region = "all"  # already in the title
-    table.caption = caption
-    return table
+    return _method_table(index, keys, order)

@@ -40,6 +40,11 @@ def content_weights(images: torch.Tensor, block: int = FOCUS_BLOCK) -> torch.Ten
     return torch.cat(out)
 
 
+def _with_row(table: torch.Tensor, i: int, row: torch.Tensor) -> torch.Tensor:
+    """``table`` with row ``i`` replaced by ``row`` (``(1, K)``), or appended when ``i == len(table)``."""
+    return torch.cat([table[:i], row, table[i + 1 :]])
+
+
 def _augment(images: torch.Tensor, tops, lefts, ks, crop: int) -> torch.Tensor:
     out = []
     for img, t, l, k in zip(images, tops, lefts, ks, strict=True):
@@ -214,19 +219,15 @@ class StreamingSource(BatchSource):
                 nx, ny = self._pull(self.refresh)
                 for a, b in zip(nx, ny, strict=True):
                     if len(self.x) < self.pool_size:
+                        slot = len(self.x)
                         self.x, self.y = torch.cat([self.x, a[None]]), torch.cat([self.y, b[None]])
-                        if self.wx is not None:
-                            self.wx = torch.cat([self.wx, content_weights(a[None])])
-                        if self.wy is not None:
-                            self.wy = torch.cat([self.wy, content_weights(b[None])])
                     else:
-                        slot = self._slot
+                        slot, self._slot = self._slot, (self._slot + 1) % self.pool_size
                         self.x[slot], self.y[slot] = a, b
-                        self._slot = (self._slot + 1) % self.pool_size
-                        if self.wx is not None:
-                            self.wx[slot] = content_weights(a[None])[0]
-                        if self.wy is not None:
-                            self.wy[slot] = content_weights(b[None])[0]
+                    if self.wx is not None:
+                        self.wx = _with_row(self.wx, slot, content_weights(a[None]))
+                    if self.wy is not None:
+                        self.wy = _with_row(self.wy, slot, content_weights(b[None]))
             except ConfigError:
                 self.refresh = 0  # the stream ended: keep training on the pool
         return super().next_batch()
