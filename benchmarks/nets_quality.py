@@ -36,14 +36,39 @@ def simulator_fingerprint() -> str:
     return h.hexdigest()[:10]
 
 
-def load_split(cache: Path, start: int, n: int, seed: int = 0, size: int = 256):
+def _simulate_chunk(args: tuple[int, int, int, int]) -> dict:
+    from cellbench.sim import simulate_pairs
+
+    n, start, seed, size = args
+    torch.set_num_threads(1)
+    return simulate_pairs(n, size=size, seed=seed, start=start).__dict__
+
+
+def load_split(cache: Path, start: int, n: int, seed: int = 0, size: int = 256, workers: int = 1):
+    """Pairs ``start .. start+n-1`` (each pair depends only on its index, so chunks in ``workers``
+    processes give the same data as one process)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from cellbench.data.sets import PairedSet
     from cellbench.sim import simulate_pairs
 
     f = cache / f"{'test' if start else 'train'}_{start}_{start + n}_{simulator_fingerprint()}.pt"
     if f.exists():
         return PairedSet(**torch.load(f, weights_only=True))
-    data = simulate_pairs(n, size=size, seed=seed, start=start, progress=True)
+    if workers <= 1:
+        data = simulate_pairs(n, size=size, seed=seed, start=start, progress=True)
+    else:
+        step = -(-n // workers)
+        jobs = [(min(step, n - k), start + k, seed, size) for k in range(0, n, step)]
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            parts = list(ex.map(_simulate_chunk, jobs))
+        data = PairedSet(
+            x=torch.cat([p["x"] for p in parts]),
+            y=torch.cat([p["y"] for p in parts]),
+            labels=[v for p in parts for v in p["labels"]],
+            ids=[v for p in parts for v in p["ids"]],
+            masks=torch.cat([p["masks"] for p in parts]),
+        )
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(data.__dict__, f)
     return data
@@ -71,6 +96,7 @@ def main() -> None:
     ap.add_argument("--classifier-dir", default=None, help="pcnet: use the WBC classifier's features")
     ap.add_argument("--set", action="append", default=[], help="override for ccgan/pcnet: key=TOML value")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="processes that simulate missing pairs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import tomllib
@@ -79,7 +105,8 @@ def main() -> None:
     from cellbench.presets import preset_names
 
     overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, v in (s.split("=", 1) for s in args.set)}
-    train, test = load_split(args.cache, 0, 640), load_split(args.cache, 720, 80)
+    train = load_split(args.cache, 0, 640, workers=args.workers)
+    test = load_split(args.cache, 720, 80, workers=args.workers)
     rows = []
     for method in args.methods.split(","):
         kw = {}

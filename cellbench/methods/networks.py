@@ -177,9 +177,9 @@ class GeneratorPairNormalizer(Normalizer):
             with torch.autocast("cuda", dtype=dtype, enabled=use_amp):
                 return g(batch.to(dev)).float()
 
-        out = transform_tiled(
+        out = transform_tiled(  # tiles are cut and blended on the network's device
             run,
-            images,
+            images.to(dev),
             tile=int(self.params["tile_size"]),
             overlap=int(self.params["tile_overlap"]),
             multiple=g.multiple,

@@ -93,7 +93,7 @@ def transform_tiled(
         for k in range(0, len(positions), batch_size):
             chunk = positions[k : k + batch_size]
             tiles = torch.stack([padded[n, :, y : y + th, x : x + tw] for y, x in chunk])
-            res = net(tiles).float()
+            res = net(tiles).float().to(images.device)  # a GPU net may be given CPU images
             if out is None:
                 out = torch.zeros(len(padded), res.shape[1], ph, pw, device=images.device)
             for (y, x), r in zip(chunk, res, strict=True):
