@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="override for ccgan/pcnet: key=TOML value")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="processes that simulate missing pairs")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of the fitted methods")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import tomllib
@@ -118,9 +119,9 @@ def main() -> None:
         norm = create_normalizer(method, preset, **kw)
         norm.bind_run_dir(args.out / method)
         t0 = time.perf_counter()
-        norm.fit(train, seed=0)
+        norm.fit(train, seed=args.seed)
         fit_s = time.perf_counter() - t0
-        row = {"method": method, "preset": preset, "fit_seconds": round(fit_s, 1), **evaluate(norm, test)}
+        row = {"method": method, "preset": preset, "seed": args.seed, "fit_seconds": round(fit_s, 1), **evaluate(norm, test)}
         if method in ("ccgan", "pcnet"):
             norm.save(args.out / method)
             row["options"] = kw

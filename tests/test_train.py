@@ -107,10 +107,10 @@ def test_same_seed_same_weights_and_other_seed_differs():
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["ccgan", "pcnet"])
-def test_resume_continues_exactly(tmp_path, method, monkeypatch, vgg_cache):
+@pytest.mark.parametrize("method,extra", [("ccgan", {}), ("pcnet", {}), ("ccgan", {"ema_decay": 0.9})])
+def test_resume_continues_exactly(tmp_path, method, extra, monkeypatch, vgg_cache):
     data = paired_data()
-    full = make(method, iterations=5)
+    full = make(method, iterations=5, **extra)
     full.bind_run_dir(tmp_path / "full")
     want = weights_of(full.fit(data, seed=0))
 
@@ -123,14 +123,14 @@ def test_resume_continues_exactly(tmp_path, method, monkeypatch, vgg_cache):
         return real_step(self, x, y)
 
     monkeypatch.setattr(trainer_cls, "train_step", crash_at_4)
-    first = make(method, iterations=5)
+    first = make(method, iterations=5, **extra)
     first.bind_run_dir(tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
         first.fit(data, seed=0)
     monkeypatch.setattr(trainer_cls, "train_step", real_step)
     assert json.loads((tmp_path / "cut" / "checkpoints" / "latest.json").read_text())["iteration"] == 2
 
-    resumed = make(method, iterations=5)
+    resumed = make(method, iterations=5, **extra)
     resumed.bind_run_dir(tmp_path / "cut", resume=True)
     got = weights_of(resumed.fit(data, seed=0))
     assert set(got) == set(want)
@@ -325,3 +325,34 @@ def test_streaming_focus_weights_follow_the_pool():
     for _ in range(6):  # past the pool size: replacements happen
         src.next_batch()
     assert torch.allclose(src.wx, content_weights(src.x)) and torch.allclose(src.wy, content_weights(src.y))
+
+
+def test_ema_generators_average_the_trained_ones():
+    data = paired_data()
+    norm = make("ccgan", iterations=3, ema_decay=0.5)
+    source, paired = norm._source(data, 0)
+    tr = norm._build_trainer(paired, 0)
+    params = {k for k, _ in tr.nets["G_xy"].named_parameters()}
+    want = {k: v.clone() for k, v in tr.nets["G_xy"].state_dict().items()}
+    real_update = tr.update_ema
+
+    def spy():  # the trained generator after each iteration's steps, then the real update
+        t = tr.iteration
+        d = min(0.5, (1 + t) / (10 + t))  # warm-up: 0.1, 0.18, 0.25
+        for k, v in tr.nets["G_xy"].state_dict().items():
+            want[k] = d * want[k] + (1 - d) * v if k in params else v.clone()
+        real_update()
+
+    tr.update_ema = spy
+    tr.fit(source)
+    got = tr.result("G_xy").state_dict()
+    assert tr.result("G_xy") is tr.ema["G_xy"] and tr.result("D_x") is tr.nets["D_x"]
+    for k in want:
+        assert torch.allclose(got[k].float(), want[k].float(), atol=1e-6), k
+    live = tr.nets["G_xy"].state_dict()
+    assert any(not torch.allclose(got[k], live[k]) for k in params)  # it is not the last iterate
+    # the normalizer returns the averaged generators
+    fitted = make("ccgan", iterations=3, ema_decay=0.5).fit(data, seed=0)
+    assert all(torch.equal(fitted.G_xy.state_dict()[k], got[k]) for k in got)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        make("ccgan", ema_decay=1.5).fit(data, seed=0)

@@ -85,6 +85,7 @@ class GeneratorPairNormalizer(Normalizer):
             "batch_size",
             "crop_size",
             "crop_focus",
+            "ema_decay",
         ) + self.signature_keys
         return {
             k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.params.items() if k in keys
@@ -102,6 +103,7 @@ class GeneratorPairNormalizer(Normalizer):
             betas=(p["beta1"], p["beta2"]),
             lr_decay_start=None if decay >= 1.0 else int(decay * int(p["iterations"])),
             bn_freeze_start=None if p["bn_freeze_from"] >= 1.0 else int(p["bn_freeze_from"] * int(p["iterations"])),
+            ema_decay=float(p["ema_decay"]) if p["ema_decay"] else None,
             checkpoint_every=int(p["checkpoint_every"]),
             sample_every=int(p["sample_every"]),
             keep_checkpoints=int(p["keep_checkpoints"]),
@@ -154,7 +156,7 @@ class GeneratorPairNormalizer(Normalizer):
             self._rank = trainer.dist.rank
         finally:
             trainer.close()
-        self.G_xy, self.G_yx = trainer.nets["G_xy"].cpu().eval(), trainer.nets["G_yx"].cpu().eval()
+        self.G_xy, self.G_yx = trainer.result("G_xy").cpu().eval(), trainer.result("G_yx").cpu().eval()
         self.to(self._device())
         self.fitted = True
         return self
@@ -225,6 +227,7 @@ _COMMON = dict(
     beta2=0.999,
     lr_decay_from=1.0,
     bn_freeze_from=1.0,
+    ema_decay=0.0,
     mode="auto",
     rotate=True,
     crop_focus=0.0,
@@ -262,6 +265,9 @@ class CCGANNormalizer(GeneratorPairNormalizer):
         < 1: from that fraction of the run the generators' batch norm uses its running statistics
         in training too (:class:`~cellbench.train.TrainConfig`), so training ends on the function
         inference runs; 1 (the paper) never.
+    ema_decay:
+        > 0: the returned generators are an exponential moving average of the trained ones with
+        this decay (:class:`~cellbench.train.TrainConfig`); 0 (the paper) off.
     rotate, crop_focus:
         Random 90-degree rotations of the crops (paper sec. 5.1); the fraction of crops centred on
         stained content rather than drawn uniformly (:class:`~cellbench.train.data.BatchSource`;

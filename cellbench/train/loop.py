@@ -8,9 +8,11 @@ their networks and :meth:`Trainer.train_step`, which reads like the paper's algo
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +42,13 @@ class TrainConfig:
     ``channels_last``: ``None`` = on for CUDA. ``bn_freeze_start``: iteration from which the
     generators' batch norm layers normalise with their running statistics during training too
     (``None``: never, as in the paper), so the last iterations train the function that inference
-    runs (cf. Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 4).
+    runs (cf. Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 4). ``ema_decay``:
+    keep an exponential moving average of the generators' parameters (Polyak averaging, as in
+    Karras et al. 2018, "Progressive growing of GANs", and Yazici et al. 2019, "The unusual
+    effectiveness of averaging in GAN training") with this decay (warmed up as
+    ``min(decay, (1 + t) / (10 + t))``); batch-norm statistics are copied from the trained network.
+    The averaged generators are checkpointed and are the ones training returns. ``None``: off
+    (the paper).
     """
 
     iterations: int = 50_000
@@ -49,6 +57,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     lr_decay_start: int | None = None
     bn_freeze_start: int | None = None
+    ema_decay: float | None = None
     checkpoint_every: int = 1000
     sample_every: int = 1000
     keep_checkpoints: int = 2
@@ -63,6 +72,8 @@ class TrainConfig:
             )
         if self.amp not in AMP_CHOICES:
             raise ConfigError(f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay!r} must lie in (0, 1) (or be off)")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
 
@@ -138,6 +149,12 @@ class Trainer:
         self.schedulers = {
             n: torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for n, o in self.optimizers.items()
         }
+        #: averaged copies of the trained generators (``config.ema_decay``), keyed like ``nets``
+        self.ema: dict[str, nn.Module] = {}
+        if config.ema_decay is not None:
+            for n in self.trained:
+                if isinstance(nets[n], UNetGenerator):
+                    self.ema[n] = copy.deepcopy(nets[n]).eval().requires_grad_(False)
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -190,6 +207,28 @@ class Trainer:
             self.scaler.step(self.optimizers[n])  # a plain optimizer.step() unless fp16 loss scaling is on
         self.scaler.update()
 
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the averaged generators towards the trained ones (after an iteration's steps)."""
+        if not self.ema:
+            return
+        t = self.iteration
+        decay = min(float(self.config.ema_decay), (1.0 + t) / (10.0 + t))
+        for n, avg in self.ema.items():
+            live = self.nets[n]
+            for pa, p in zip(avg.parameters(), live.parameters(), strict=True):
+                pa.lerp_(p.detach(), 1.0 - decay)
+            for ba, b in zip(avg.buffers(), live.buffers(), strict=True):
+                ba.copy_(b)
+
+    def result(self, name: str) -> nn.Module:
+        """The network training returns under ``name``: its average when ``ema_decay`` is set."""
+        return self.ema.get(name, self.nets[name])
+
+    def _checkpointed(self) -> dict[str, nn.Module]:
+        """Networks whose weights a checkpoint holds: the trained ones and their averages."""
+        return {**{n: self.nets[n] for n in self.trained}, **{f"ema_{n}": m for n, m in self.ema.items()}}
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return images.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
@@ -237,10 +276,13 @@ class Trainer:
                     net.train()
                 self.losses = LossLog()
                 self.train_step(self.prepare(x), self.prepare(y))
-                for s in self.schedulers.values():
-                    s.step()
+                with warnings.catch_warnings():  # fp16 loss scaling skips steps with inf gradients
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                    for s in self.schedulers.values():
+                        s.step()
                 for n in self.trained:
                     ddp.average_buffers(self.nets[n], self.dist)
+                self.update_ema()
                 self.iteration += 1
                 it = self.iteration
                 if log_file is not None:
@@ -264,7 +306,7 @@ class Trainer:
             bar.close()
             if log_file is not None:
                 log_file.close()
-        for net in self.nets.values():
+        for net in (*self.nets.values(), *self.ema.values()):
             net.eval()
 
     def _open_log(self):
@@ -311,7 +353,7 @@ class Trainer:
         ddp.barrier(self.dist)
         state = meta = weights = None
         if main:
-            weights = ckpt.module_weights({n: self.nets[n] for n in self.trained})
+            weights = ckpt.module_weights(self._checkpointed())
             state = {
                 "iteration": self.iteration,
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
@@ -356,7 +398,7 @@ class Trainer:
                 f"{path}: checkpoint of another architecture or preset ({shown}); resume "
                 "with the same method, preset and options, or use a new output folder"
             )
-        ckpt.load_module_weights({n: self.nets[n] for n in self.trained}, weights, path)
+        ckpt.load_module_weights(self._checkpointed(), weights, path)
         try:
             for n, o in self.optimizers.items():
                 o.load_state_dict(state["optimizers"][n])
