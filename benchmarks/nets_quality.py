@@ -121,7 +121,8 @@ def main() -> None:
         t0 = time.perf_counter()
         norm.fit(train, seed=args.seed)
         fit_s = time.perf_counter() - t0
-        row = {"method": method, "preset": preset, "seed": args.seed, "fit_seconds": round(fit_s, 1), **evaluate(norm, test)}
+        row = {"method": method, "preset": preset, "seed": args.seed, "fit_seconds": round(fit_s, 1)}
+        row.update(evaluate(norm, test))
         if method in ("ccgan", "pcnet"):
             norm.save(args.out / method)
             row["options"] = kw

@@ -296,6 +296,23 @@ def test_crop_focus_draws_stained_content():
         BatchSource(x, x, paired=True, batch_size=2, crop=16, seed=0, focus=1.5)
 
 
+def test_crop_focus_unpaired_replaces_the_focus_of_unpaired_sources():
+    from cellbench.train.data import make_source
+
+    x = torch.rand(4, 3, 64, 64)
+    pairs = PairedSet(x=x, y=x.clone(), labels=["a"] * 4)
+    unpaired = UnpairedSet(
+        x=LabelledSet(images=x, labels=["a"] * 4), y=LabelledSet(images=x.clone(), labels=["a"] * 4)
+    )
+    kw = dict(batch_size=2, crop=16, seed=0, focus=0.5)
+    assert make_source(pairs, paired=None, focus_unpaired=0.0, **kw)[0].focus == 0.5
+    assert make_source(unpaired, paired=None, focus_unpaired=0.0, **kw)[0].focus == 0.0
+    assert make_source(unpaired, paired=None, **kw)[0].focus == 0.5  # None: the same as focus
+    assert make_source(pairs, paired=False, focus_unpaired=0.25, **kw)[0].focus == 0.25  # mode="unpaired"
+    norm = make("pcnet", crop_focus=0.5, crop_focus_unpaired=0.0)
+    assert norm._source(unpaired, 0)[0].focus == 0.0 and norm._source(pairs, 0)[0].focus == 0.5
+
+
 def test_bn_freeze_keeps_the_running_statistics_from_the_freeze_on(tmp_path):
     """bn_freeze_from=0.5 of 4 iterations: the generators' batch-norm statistics stop at iteration 2
     (equal to a 2-iteration run's), while their weights keep training; without it they move on."""

@@ -85,6 +85,7 @@ class GeneratorPairNormalizer(Normalizer):
             "batch_size",
             "crop_size",
             "crop_focus",
+            "crop_focus_unpaired",
             "ema_decay",
         ) + self.signature_keys
         return {
@@ -131,6 +132,7 @@ class GeneratorPairNormalizer(Normalizer):
             seed=seed,
             rotate=bool(p["rotate"]),
             focus=float(p["crop_focus"]),
+            focus_unpaired=None if p["crop_focus_unpaired"] is None else float(p["crop_focus_unpaired"]),
         )
         if source.crop % mult:
             raise ConfigError(
@@ -231,6 +233,7 @@ _COMMON = dict(
     mode="auto",
     rotate=True,
     crop_focus=0.0,
+    crop_focus_unpaired=None,
     checkpoint_every=1000,
     sample_every=1000,
     keep_checkpoints=2,
@@ -268,10 +271,11 @@ class CCGANNormalizer(GeneratorPairNormalizer):
     ema_decay:
         > 0: the returned generators are an exponential moving average of the trained ones with
         this decay (:class:`~cellbench.train.TrainConfig`); 0 (the paper) off.
-    rotate, crop_focus:
+    rotate, crop_focus, crop_focus_unpaired:
         Random 90-degree rotations of the crops (paper sec. 5.1); the fraction of crops centred on
         stained content rather than drawn uniformly (:class:`~cellbench.train.data.BatchSource`;
-        0 in the paper).
+        0 in the paper); ``crop_focus`` for unpaired data (``None``: the same). Unpaired X and Y
+        crops are focused independently, which unbalances what each system shows of the background.
     mode:
         ``auto`` (paired for a PairedSet), ``paired`` or ``unpaired`` (a CycleGAN).
     checkpoint_every, sample_every, keep_checkpoints:

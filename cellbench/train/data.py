@@ -242,15 +242,24 @@ def make_source(
     seed: int,
     rotate: bool = True,
     focus: float = 0.0,
+    focus_unpaired: float | None = None,
 ) -> tuple[BatchSource, bool]:
-    """A :class:`BatchSource` for a PairedSet, UnpairedSet or a stream of pairs, and whether it is paired."""
+    """A :class:`BatchSource` for a PairedSet, UnpairedSet or a stream of pairs, and whether it is paired.
+
+    ``focus`` is :class:`BatchSource`'s content focus; ``focus_unpaired`` replaces it when the
+    source is unpaired (``None``: the same).
+    """
+
+    def focus_for(is_paired: bool) -> float:
+        return focus if is_paired or focus_unpaired is None else focus_unpaired
+
     if isinstance(data, PairedSet):
         if len(data) == 0:
             raise ConfigError("the training split is empty")
         is_paired = True if paired is None else paired
         return BatchSource(
             data.x, data.y, paired=is_paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate,
-            focus=focus,
+            focus=focus_for(is_paired),
         ), is_paired
     if isinstance(data, UnpairedSet):
         if paired:
@@ -266,12 +275,13 @@ def make_source(
             crop=crop,
             seed=seed,
             rotate=rotate,
-            focus=focus,
+            focus=focus_for(False),
         ), False
     if isinstance(data, Iterable):
         is_paired = True if paired is None else paired
         return StreamingSource(
-            data, paired=is_paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate, focus=focus
+            data, paired=is_paired, batch_size=batch_size, crop=crop, seed=seed, rotate=rotate,
+            focus=focus_for(is_paired),
         ), is_paired
     raise ConfigError(
         f"cannot train on {type(data).__name__}; pass a PairedSet, an UnpairedSet or a stream of PairedSets"
