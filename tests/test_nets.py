@@ -289,7 +289,8 @@ def test_head_depth_adds_full_resolution_1x1_layers():
     assert count(deeper) - count(base) == 2 * (c * c + 2 * c)
     convs = [m for m in deeper.head if isinstance(m, nn.Conv2d)]
     assert [m.kernel_size for m in convs] == [(1, 1)] * 3
-    out = deeper.eval()(torch.rand(2, 3, 16, 16))
+    with torch.no_grad():
+        out = deeper.eval()(torch.rand(2, 3, 16, 16))
     assert out.shape == (2, 3, 16, 16) and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
     with pytest.raises(ValueError, match="head_channels"):
         UNetGenerator([8, 16], head_depth=1)
