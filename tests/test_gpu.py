@@ -5,11 +5,6 @@ none): run them on a GPU machine with ``python -m pytest tests/test_gpu.py``."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -18,6 +13,7 @@ from cellbench.methods import create_normalizer
 from cellbench.train import CCGANTrainer
 
 from .test_train import make, paired_data, vgg_cache, weights_of  # noqa: F401  (vgg_cache: fixture)
+from .test_train_ddp import run_two_ranks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -120,44 +116,9 @@ def test_onnx_export_of_a_cuda_trained_model(tmp_path):
     assert err < 1e-3
 
 
-WORKER = textwrap.dedent("""
-    import sys, torch
-    from safetensors.torch import save_file
-    from cellbench.data.sets import PairedSet
-    from cellbench.methods import create_normalizer
-    out = sys.argv[1]
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(8, 3, 32, 32, generator=g)
-    data = PairedSet(x=x, y=(x * 0.8 + 0.1) ** 1.2, labels=["a"] * 8)
-    norm = create_normalizer("ccgan", None, gen_widths=[4, 8], disc_widths=[4, 4, 4, 4], crop_size=32,
-                             batch_size=2, iterations=3, checkpoint_every=3, sample_every=0, progress=False,
-                             device="cuda", amp="bf16")
-    norm.bind_run_dir(out + "/run")
-    norm.fit(data, seed=0)
-    save_file({k: v.contiguous().cpu() for k, v in norm.state_dict().items()},
-              f"{out}/rank{norm._rank}.safetensors")
-""")
-
-
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL data parallel needs two GPUs")
 @pytest.mark.timeout(180)
 def test_two_nccl_ranks_stay_identical(tmp_path):
-    from safetensors.torch import load_file
-
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=170)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-3000:]
-    w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    w0, w1 = run_two_ranks(tmp_path, "cuda", "bf16", timeout=170)
     for k in w0:
         assert (w0[k].float() - w1[k].float()).abs().max() <= 1e-6, k

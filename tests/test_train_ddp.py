@@ -11,23 +11,24 @@ import textwrap
 import pytest
 from safetensors.torch import load_file
 
+# argv: output folder, device, amp (tests/test_gpu.py runs it on two GPUs with NCCL)
 WORKER = textwrap.dedent("""
     import sys, torch
     from safetensors.torch import save_file
     torch.set_num_threads(1)
     from cellbench.data.sets import PairedSet
     from cellbench.methods import create_normalizer
-    out = sys.argv[1]
+    out, device, amp = sys.argv[1:4]
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 3, 32, 32, generator=g)
     data = PairedSet(x=x, y=(x * 0.8 + 0.1) ** 1.2, labels=["a"] * 8)
     norm = create_normalizer("ccgan", None, gen_widths=[4, 8], disc_widths=[4, 4, 4, 4], crop_size=32,
                              batch_size=2, iterations=3, checkpoint_every=2, sample_every=0, progress=False,
-                             device="cpu")
+                             device=device, amp=amp)
     norm.bind_run_dir(out + "/run")
     norm.fit(data, seed=0)
     rank = norm._rank
-    save_file({k: v.contiguous() for k, v in norm.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    save_file({k: v.contiguous().cpu() for k, v in norm.state_dict().items()}, f"{out}/rank{rank}.safetensors")
     norm.save(out + f"/model_from_rank{rank}")
 """)
 
@@ -38,8 +39,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(120)
-def test_two_gloo_ranks_stay_identical(tmp_path):
+def run_two_ranks(tmp_path, device: str, amp: str = "off", timeout: float = 110):
+    """Run WORKER as ranks 0 and 1 of a torchrun-style group; the weights each rank saved."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = _free_port()
@@ -57,7 +58,7 @@ def test_two_gloo_ranks_stay_identical(tmp_path):
         }
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(script), str(tmp_path)],
+                [sys.executable, str(script), str(tmp_path), device, amp],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -67,14 +68,19 @@ def test_two_gloo_ranks_stay_identical(tmp_path):
     outs = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=110)[0])
+            outs.append(p.communicate(timeout=timeout)[0])
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             pytest.fail("distributed workers timed out")
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    return load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+
+
+@pytest.mark.timeout(120)
+def test_two_gloo_ranks_stay_identical(tmp_path):
+    w0, w1 = run_two_ranks(tmp_path, "cpu")
     assert set(w0) == set(w1)
     for k in w0:  # parameters and batch-norm statistics identical on both ranks
         assert (w0[k].float() - w1[k].float()).abs().max() <= 1e-6, k

@@ -179,7 +179,7 @@ class GeneratorPairNormalizer(Normalizer):
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             with torch.autocast("cuda", dtype=dtype, enabled=use_amp):
-                return g(batch.to(dev)).float()
+                return g(batch).float()  # batch: tiles of images already on dev
 
         out = transform_tiled(  # tiles are cut and blended on the network's device
             run,

@@ -41,8 +41,11 @@ def content_weights(images: torch.Tensor, block: int = FOCUS_BLOCK) -> torch.Ten
 
 
 def _with_row(table: torch.Tensor, i: int, row: torch.Tensor) -> torch.Tensor:
-    """``table`` with row ``i`` replaced by ``row`` (``(1, K)``), or appended when ``i == len(table)``."""
-    return torch.cat([table[:i], row, table[i + 1 :]])
+    """``table`` with row ``i`` replaced in place by ``row`` (``(1, K)``), or appended when ``i == len(table)``."""
+    if i == len(table):
+        return torch.cat([table, row])
+    table[i] = row[0]
+    return table
 
 
 def _augment(images: torch.Tensor, tops, lefts, ks, crop: int) -> torch.Tensor:
