@@ -58,10 +58,21 @@ class Normalizer(ABC):
     data_kinds: ClassVar[tuple[str, ...]] = ("paired",)
     #: Whether transform needs fit first.
     needs_fit: ClassVar[bool] = True
+    #: Trained by gradient descent (takes a ``device``; the benchmark passes its own).
+    trainable: ClassVar[bool] = False
+    #: Needs a feature network (VGG-16 or the WBC classifier's features) to train.
+    uses_feature_net: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = dict(params)
         self.fitted = not self.needs_fit
+        #: Images that :meth:`transform` returned unchanged because the method failed on them
+        #: (e.g. torchstain on a nearly empty image); the benchmark records it per method.
+        self.passthrough_count = 0
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The method's networks by name (empty for closed-form methods; ``cellbench describe``)."""
+        return {}
 
     # -- the interface -------------------------------------------------------------------------
     @abstractmethod

@@ -64,6 +64,7 @@ class _TorchstainNormalizer(Normalizer):
                 log.warning("%s: torchstain failed on image %d of the batch (%s); returned unchanged",
                             self.name, i, res if isinstance(res, Exception) else "non-finite output")
                 res = images[i]
+                self.passthrough_count += 1
             out[i] = res
         return out
 
