@@ -25,7 +25,7 @@ import torch
 
 from cellbench.data.folders import LabelledFolder
 from cellbench.data.sets import LabelledSet
-from cellbench.eval.classifier import classifier_config, evaluate_classifier, train_classifier
+from cellbench.train.classifier import classifier_config, evaluate_classifier, train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,10 +2,12 @@
 
 Writes ``--n`` pairs with ``write_paired_dataset`` in a child thread of this process and samples
 the resident set size (RSS, from /proc/self/status, including the worker processes) every
-``--every`` pairs; prints RSS after the first pairs, the peak, and the final value, and the
-throughput.
+2 seconds; prints the throughput, RSS in the first and last 10 % of the samples and the peak, and
+a last line in the README's form (``flat`` when the last 10 % stay within 25 % of the first 10 %;
+exit status 1 otherwise). ``--out`` defaults to a temporary folder, removed afterwards unless
+``--keep``.
 
-    .venv/bin/python benchmarks/sim_memory.py --n 10000 --workers 2 --out /tmp/sim10k
+    .venv/bin/python benchmarks/sim_memory.py --n 2000 --workers 2
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,14 +48,23 @@ def tree_rss_mib() -> float:
     return total
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=10000)
+#: The last 10 % of the samples may exceed the first 10 % by this fraction and still count as flat.
+FLAT_TOLERANCE = 0.25
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the written files")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from cellbench.sim import write_paired_dataset
+
+    tmp = None
+    if args.out is None:
+        tmp = Path(tempfile.mkdtemp(prefix="cellbench-sim-memory-"))
+        args.out = tmp / "sim"
 
     samples: list[tuple[float, float]] = []
     done = threading.Event()
@@ -76,8 +89,16 @@ def main() -> None:
         f"last 10% max: {max(rss[-k:]):.0f} MiB, peak: {max(rss):.0f} MiB, samples: {len(rss)}"
     )
     if not args.keep:
-        shutil.rmtree(args.out, ignore_errors=True)
+        shutil.rmtree(tmp or args.out, ignore_errors=True)
+    elif tmp is not None:
+        print(f"kept the pairs in {args.out}")
+    first, last = max(rss[:k]), max(rss[-k:])
+    flat = last <= (1 + FLAT_TOLERANCE) * first
+    gb = 2**20 / 1e9
+    print(f"memory while writing: {'flat' if flat else 'NOT flat'}: {first * gb:.2f} GB first 10 %, "
+          f"{last * gb:.2f} GB last 10 % of {args.n:,} pairs (peak {max(rss) * gb:.2f} GB)")
+    return 0 if flat else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,8 @@
 
 Rules (documented in the README, "Image files"):
 
-* Formats are allow-listed by content, not by extension: PNG, JPEG, BMP, TIFF.
+* Formats are allow-listed by content, not by extension: PNG, JPEG, BMP, TIFF; a multi-picture
+  JPEG (MPO, as phones write) is read as its first picture.
 * A decompression-bomb guard refuses images over ``max_pixels`` (default 40 megapixels)
   before any pixel is decoded.
 * EXIF orientation is applied, so an image is returned the way a viewer shows it.
@@ -11,6 +12,7 @@ Rules (documented in the README, "Image files"):
   colour of a bright-field microscope); 16-bit grayscale (``I;16``, ``I``) is scaled to
   8 bits by ``round(v / 257)``; ``CMYK``/``YCbCr`` are converted to RGB; floating point images are
   refused.
+* Files are written atomically with the process umask (:func:`cellbench.fs.atomic_path`).
 * Every failure (missing, empty, truncated, corrupt, unsupported, too large) raises
   :class:`~cellbench.errors.ImageReadError` naming the file and saying what to do.
 
@@ -20,7 +22,6 @@ Images are returned as ``numpy.uint8`` arrays of shape ``(H, W, 3)``; masks as `
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -67,7 +68,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         ) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{path}: cannot open image ({exc}); re-export or remove it") from None
-    if img.format not in ALLOWED_FORMATS:
+    if img.format == "MPO":
+        # a multi-picture JPEG (what phones and stereo cameras write): a baseline JPEG first frame
+        # followed by more pictures; the first frame is the image (CIPA DC-007)
+        img.seek(0)
+    elif img.format not in ALLOWED_FORMATS:
         img.close()
         raise ImageReadError(
             f"{path}: format {img.format} is not supported; convert it to PNG, JPEG, BMP or TIFF"
@@ -175,20 +180,15 @@ def read_mask(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
 
 
 def _atomic_save(img: Image.Image, path: Path, **kwargs) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .fs import atomic_path
+
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         path.suffix.lower()
     )
     if fmt is None:
         raise ImageReadError(f"{path}: cannot write {path.suffix!r}; use .png, .jpg, .bmp or .tif")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # unique temporary name, the umask's mode, one os.replace
         img.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 95,

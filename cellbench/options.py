@@ -14,11 +14,13 @@ saying what is accepted, so a bad option stops a command before any work starts.
 from __future__ import annotations
 
 import math
+import tomllib
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["parse_bool", "check_int", "check_float", "check_choice", "resolve_device"]
+__all__ = ["parse_bool", "check_int", "check_float", "check_choice", "resolve_device", "parse_set_items"]
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -112,3 +114,17 @@ def resolve_device(value: Any, name: str = "--device") -> str:
             raise ConfigError(f"{name} {value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return text
     raise ConfigError(f"{name} {value!r}: unknown device; use cpu, cuda or cuda:N")
+
+
+def parse_set_items(items: Iterable[str] | None) -> dict[str, Any]:
+    """``--set key=value`` items; values parse as TOML (numbers, booleans, strings, lists), else as text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()
+    return out

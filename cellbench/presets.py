@@ -2,6 +2,11 @@
 
 ``models/<method>.toml`` holds one table per preset (``[quick]``, ``[paper]``). A preset is data,
 not a subclass (cf. timm's pretrained configs).
+
+The top-level ``models/`` of the repository is the one copy that is edited (and kept in git). A
+built wheel carries a copy made at build time (``setup.py`` copies ``models/*.toml`` into
+``cellbench/_presets/``), so an installed package finds its presets without the repository; see
+:func:`models_dir` for the order of the places searched.
 """
 
 from __future__ import annotations
@@ -13,11 +18,30 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: the folder of a built package that holds the copy of ``models/*.toml`` (made by setup.py)
+PACKAGED_PRESETS = "_presets"
+
 
 def models_dir() -> Path:
-    """``$CELLBENCH_MODELS_DIR`` if set, else the ``models/`` folder beside the package."""
+    """The folder of the preset files, the first of:
+
+    1. ``$CELLBENCH_MODELS_DIR`` when set;
+    2. the repository's ``models/`` when cellbench runs from a checkout (``models/`` and
+       ``pyproject.toml`` beside the package folder: an editable install or ``PYTHONPATH``);
+    3. the presets shipped in the installed package (``cellbench/_presets/``).
+    """
     env = os.environ.get("CELLBENCH_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "models"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    if (checkout / "models").is_dir() and (checkout / "pyproject.toml").is_file():
+        return checkout / "models"
+    shipped = package / PACKAGED_PRESETS
+    if shipped.is_dir():
+        return shipped
+    raise ConfigError(f"no presets found: neither {checkout / 'models'} (a checkout) nor {shipped} "
+                      "(an installed package); set CELLBENCH_MODELS_DIR to a folder of <method>.toml files")
 
 
 def preset_names(method: str) -> list[str]:

@@ -1,8 +1,16 @@
-"""numpy <-> torch conversion and geometric helpers, in one place.
+"""The image-tensor convention and the few helpers that cross between numpy and torch.
 
-Convention: images inside cellbench's normalizers are ``torch.float32`` tensors of shape
-``(N, 3, H, W)`` with values in ``[0, 1]``; on disk and in metrics they are ``uint8`` arrays of
-shape ``(H, W, 3)`` (or stacks ``(N, H, W, 3)``).
+Convention: images that flow between the data layer, normalizers, trainers and metrics are
+``torch.float32`` tensors of shape ``(N, 3, H, W)`` with values in ``[0, 1]``
+(:func:`check_batch` enforces it). Files on disk are ``uint8`` ``(H, W, 3)`` arrays
+(:mod:`cellbench.io`); this module converts between the two:
+
+* :func:`to_tensor` -- decoded ``uint8`` ``(H, W, 3)`` / ``(N, H, W, 3)`` -> the float batch
+  (the data loaders, ``cellbench transform``, metrics given numpy stacks);
+* :func:`to_uint8` -- the float batch -> ``uint8`` ``(N, H, W, 3)`` numpy, rounded and clipped,
+  for writing images (``cellbench transform``, the trainers' sample grids);
+* :func:`center_crop_or_pad`, :func:`rotate90` -- geometry on ``(H, W, ...)`` numpy arrays, applied
+  alike to an image, its pair and its mask while loading (paper sec. 5.1 augmentation).
 """
 
 from __future__ import annotations
@@ -31,11 +39,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected (N, 3, H, W), got {tuple(images.shape)}")
     t = images.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
     return t.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_float_hwc(images: torch.Tensor) -> np.ndarray:
-    """``(N, 3, H, W)`` tensor -> ``float32`` ``(N, H, W, 3)`` numpy (no rounding)."""
-    return images.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def check_batch(images: torch.Tensor, what: str = "images") -> None:

@@ -1,8 +1,11 @@
-"""End-to-end: run-all on a tiny simulated set, caching/resume, compare, report, the cross track."""
+"""End-to-end: run-all on a tiny simulated set, caching/resume, compare, report, the cross track,
+options checked before any work, the run-folder lock, atomic artifacts, distilled methods."""
 
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -11,14 +14,15 @@ from cellbench.cli import main
 from cellbench.io import write_image
 from cellbench.results import load_results
 
-TINY = ["--set", "synthetic_n=80", "--set", 'classifier_preset="tiny"', "--set", "profile_seconds=1.0",
-        "--set", "profile_batch_sizes=[1, 2]", "--set", "profile_repeats=2", "-q"]
+TINY = ["--set", "synthetic_n=80", "--set", 'classifier_preset="tiny"', "--set", "speed_seconds=1.0",
+        "--set", "speed_batch_sizes=[1, 2]", "--set", "speed_repeats=2", "-q"]
+METHODS = "identity,affine,hm"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench") / "run"
-    assert main(["run-all", "--out", str(d), "--methods", "identity,affine,hm", *TINY]) == 0
+    assert main(["run-all", "--out", str(d), "--methods", METHODS, *TINY]) == 0
     return d
 
 
@@ -26,16 +30,27 @@ def test_run_all_writes_results_artifacts_and_report(run_dir):
     records, meta = load_results(run_dir)
     methods = {r.method for r in records}
     assert {"identity", "affine", "hm", "classifier", "ceiling"} <= methods
+    roles = {r.method: r.role for r in records}
+    assert roles["ceiling"] == roles["classifier"] == "reference" and roles["hm"] == "method"
     metrics = {(r.method, r.metric) for r in records}
     for m in ("identity", "affine", "hm"):
         for metric in ("agreement", "accuracy", "psnr", "ssim", "ciede2000_mean", "c2st_accuracy",
-                       "latency_ms_b1", "throughput_ips"):
+                       "latency_ms_b1", "throughput_ips", "fit_seconds", "passthrough_images"):
             assert (m, metric) in metrics, (m, metric)
+    # every record came through the registry: unit and direction as registered
+    from cellbench.eval.metrics import METRICS
+
+    for r in records:
+        spec = METRICS.get(r.metric)
+        assert (r.unit, r.higher_is_better) == (spec.unit, spec.higher_is_better), r
+    # closed-form methods never pass images through
+    assert {r.value for r in records if r.metric == "passthrough_images"} == {0.0}
     # a fitted colour map is closer to Y than raw X (a property that can fail)
     de = {r.method: r.value for r in records
           if r.metric == "ciede2000_mean" and r.region == "wbc" and r.cell_type == "all"}
     assert de["affine"] < de["identity"] and de["ceiling"] < de["identity"]
     assert meta["config"]["profile"] == "quick" and meta["config"]["synthetic_n"] == 80
+    assert meta["fingerprint"]["data"]["synthetic_n"] == 80 and set(meta["fingerprints"]) == methods
     manifest = json.loads((run_dir / "artifacts" / "samples" / "manifest.json").read_text())
     assert manifest["columns"] == ["X", "identity", "affine", "hm", "Y"]
     assert (run_dir / "artifacts" / "confusion" / "hm.json").exists()
@@ -49,30 +64,134 @@ def test_second_run_reuses_finished_stages_and_redoes_interrupted_ones(run_dir):
     for d in interrupted:
         (d / "DONE").unlink()  # as if killed while fitting hm: nothing after it finished either
     done = {p: p.stat().st_mtime_ns for p in stages.glob("*/DONE")}
-    assert len(done) >= 8
-    assert main(["run-all", "--out", str(run_dir), "--methods", "identity,affine,hm", *TINY]) == 0
+    assert len(done) >= 10
+    assert main(["run-all", "--out", str(run_dir), "--methods", METHODS, *TINY]) == 0
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished stages untouched
     assert all((d / "DONE").exists() for d in interrupted)  # interrupted ones redone
 
 
-def test_compare_and_report_rebuild(run_dir, capsys):
+def test_relative_and_absolute_run_folder_share_the_cache(run_dir, monkeypatch):
+    before = {p.name for p in (run_dir / "stages").iterdir()}
+    monkeypatch.chdir(run_dir.parent)
+    assert main(["run-all", "--out", run_dir.name, "--methods", METHODS, *TINY, "--no-report"]) == 0
+    assert {p.name for p in (run_dir / "stages").iterdir()} == before
+
+
+def test_a_corrupt_cached_file_is_redone_with_a_warning(run_dir, caplog):
+    outputs = next((run_dir / "stages").glob("eval-affine-*")) / "outputs.safetensors"
+    good = outputs.read_bytes()
+    outputs.write_bytes(good[: len(good) // 2])  # truncated
+    with caplog.at_level("WARNING"):
+        assert main(["run-all", "--out", str(run_dir), "--methods", METHODS, *TINY, "--no-report"]) == 0
+    assert "outputs.safetensors has" in caplog.text and "redoing it" in caplog.text
+    assert outputs.read_bytes() == good  # recomputed bit-identically
+
+
+def test_compare_validates_first_keeps_other_artifacts_and_report_rebuilds(run_dir, capsys):
+    results = run_dir / "results.json"
+    stamp = results.stat().st_mtime_ns
+    assert main(["compare", "identity", "--run", str(run_dir), *TINY]) == 2
+    assert main(["compare", "affine", "hmm", "--run", str(run_dir), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "at least two methods" in err and "Did you mean 'hm'" in err
+    assert results.stat().st_mtime_ns == stamp  # nothing written
     assert main(["compare", "affine", "hm", "--run", str(run_dir), *TINY]) == 0
-    out = capsys.readouterr().out
-    assert "compare-affine-hm" in out
+    assert "compare-affine-hm" in capsys.readouterr().out
     records, _ = load_results(run_dir)
     pairs = {(r.method, r.extra.get("vs")) for r in records if r.metric == "mcnemar_p"}
-    assert ("affine", "hm") in pairs
+    assert ("affine", "hm") in pairs and ("identity", "hm") in pairs
     assert "identity" in {r.method for r in records}  # run-all's other methods are kept
+    assert (run_dir / "artifacts" / "confusion" / "identity.json").exists()
+    manifest = json.loads((run_dir / "artifacts" / "samples" / "manifest.json").read_text())
+    assert "identity" in manifest["columns"]
     (run_dir / "report.html").unlink()
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.html").exists()
 
 
-def test_bad_profile_and_method(tmp_path, capsys):
-    assert main(["run-all", "--out", str(tmp_path), "--profile", "fast"]) == 2
-    assert main(["run-all", "--out", str(tmp_path), "--methods", "hmm"]) == 2
-    err = capsys.readouterr().err
-    assert "no profile 'fast'" in err and "Did you mean 'hm'" in err
+def test_compare_refuses_rows_of_another_test_set(run_dir, capsys):
+    stamp = (run_dir / "results.json").stat().st_mtime_ns
+    other = [*TINY, "--set", "synthetic_n=40"]
+    assert main(["compare", "affine", "hm", "--run", str(run_dir), *other]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "synthetic_n=80 vs 40" in err[0] and "re-run run-all" in err[0]
+    assert (run_dir / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_report_refuses_rows_with_different_fingerprints(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "mixed"
+    shutil.copytree(run_dir / "artifacts", copy / "artifacts")
+    payload = json.loads((run_dir / "results.json").read_text())
+    payload["metadata"]["fingerprints"]["hm"] = {**payload["metadata"]["fingerprints"]["hm"],
+                                                 "data": {"synthetic_n": 200, "hash": "x"}}
+    (copy / "results.json").write_text(json.dumps(payload))
+    assert main(["report", str(copy)]) == 2
+    assert "synthetic_n" in capsys.readouterr().err
+
+
+def test_artifacts_survive_a_failed_rebuild(run_dir, monkeypatch):
+    import cellbench.io
+
+    samples = sorted(p.name for p in (run_dir / "artifacts" / "samples").iterdir())
+    calls = {"n": 0}
+    real = cellbench.io.write_image
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt  # killed mid-rebuild
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cellbench.io, "write_image", dying)
+    assert main(["run-all", "--out", str(run_dir), "--methods", METHODS, *TINY, "--no-report"]) == 130
+    assert sorted(p.name for p in (run_dir / "artifacts" / "samples").iterdir()) == samples
+    assert not list(run_dir.glob(".artifacts.*"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "realism=maybe"], "realism='maybe'"),
+    (["--methods", ","], "--methods: empty list"),
+    (["--set", "size=0"], "size=0"),
+    (["--set", "size=7"], "size=7"),
+    (["--set", "size=5000"], "size=5000"),
+    (["--set", "method_preset=quik"], "did you mean 'quick'"),
+    (["--set", "classifier_preset=huge"], "classifier_preset='huge'"),
+    (["--set", "profile_repeats=0"], "profile_repeats=0"),
+    (["--set", "speed_seconds=nan"], "speed_seconds=nan"),
+    (["--set", "speed_batch_sizes=[]"], "speed_batch_sizes=[]"),
+    (["--set", "samples_per_class=-1"], "samples_per_class=-1"),
+    (["--set", "cross_limit_per_class=-2"], "cross_limit_per_class=-2"),
+    (["--set", "realsim=false"], "did you mean 'realism'"),
+    (["--seed", "-1"], "--seed=-1"),
+    (["--device", "bogus"], "unknown device"),
+    (["--profile", "fast"], "no profile 'fast'"),
+    (["--methods", "hmm"], "Did you mean 'hm'"),
+    (["--methods", "poly:hmm"], "Did you mean 'hm'"),
+])
+def test_bad_options_fail_before_any_work(tmp_path, capsys, args, needle):
+    out = tmp_path / "run"
+    assert main(["run-all", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()  # nothing read, trained or written
+
+
+def test_pcnet_size_below_its_network_multiple_is_refused(tmp_path, capsys):
+    assert main(["run-all", "--out", str(tmp_path / "r"), "--methods", "pcnet", "--set", "size=16",
+                 "--set", "method_preset=paper"]) == 2
+    assert "pcnet's networks need images of at least" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
+    from cellbench.fs import FolderLock
+
+    out = tmp_path / "run"
+    with FolderLock(out, what="run folder"):
+        assert main(["run-all", "--out", str(out), "--methods", "identity,affine", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in use by another cellbench process" in err[0] and "pid" in err[0]
 
 
 def _labelled(root, classes, n, colour, seed):
@@ -93,34 +212,75 @@ def test_cross_track_on_unpaired_folders(tmp_path):
                  "--methods", "histmatch", "--set", "size=64", "--set", "realism=false", *TINY[2:]]) == 0
     records, meta = load_results(out)
     assert meta["config"]["x_only_classes"] == ["basophil"] and meta["config"]["y_only_classes"] == ["monocyte"]
-    acc = {r.method: r for r in records if r.metric == "accuracy" and r.cell_type == "all" and r.method != "classifier"}
+    acc = {r.method: r for r in records if r.metric == "accuracy" and r.cell_type == "all" and r.role == "method"}
     assert set(acc) == {"identity", "histmatch"}
     assert acc["identity"].extra["excluded_classes"] == ["basophil"]
-    gain = {r.method: r.value for r in records if r.metric == "accuracy_gain"}
-    assert gain["identity"] == 0.0
-    assert gain["histmatch"] == pytest.approx(acc["histmatch"].value - acc["identity"].value)
+    n_shared = sum(1 for r in records if r.metric == "accuracy" and r.method == "identity" and r.cell_type != "all")
+    assert acc["identity"].n > 0 and n_shared >= 1
+    gain = {r.method: r for r in records if r.metric == "accuracy_gain"}
+    assert gain["identity"].value == 0.0 and (gain["identity"].unit, gain["identity"].higher_is_better) == ("pp", True)
+    assert gain["histmatch"].value == pytest.approx(acc["histmatch"].value - acc["identity"].value)
+    mc = [r for r in records if r.metric == "mcnemar_p"]
+    assert mc and {r.extra["basis"] for r in mc} == {"accuracy"}
+    assert {r.method for r in records if r.role == "reference"} == {"classifier"}
+    manifest = json.loads((out / "artifacts" / "samples" / "manifest.json").read_text())
+    assert manifest["columns"] == ["X", "identity", "histmatch", "Y (another cell)"]
+    assert {row["cell_type"] for row in manifest["rows"]} == {"neutrophil", "lymphocyte"}
 
 
 def test_editing_a_preset_invalidates_its_cached_stages(tmp_path, monkeypatch):
     """A fit (and the classifier) is cached under the preset's values, not only its name."""
     import shutil
 
-    from cellbench.bench import Benchmark
+    from cellbench.bench import open_benchmark
     from cellbench.presets import models_dir
 
     models = tmp_path / "models"
     shutil.copytree(models_dir(), models)
     monkeypatch.setenv("CELLBENCH_MODELS_DIR", str(models))
-    bench = Benchmark(tmp_path / "run", methods=["ccgan", "hm"], progress=False)
-    before = {m: bench.fit_stage(m).key for m in ("ccgan", "hm")}
-    clf_before = bench.classifier_stage().key
+    bench = open_benchmark(tmp_path / "run", methods=["ccgan", "hm"], progress=False)
+    before = {m: bench.fits.fit_stage(m).key for m in ("ccgan", "hm")}
+    clf_before = bench.fits.classifier_stage().key
     text = (models / "ccgan.toml").read_text().replace("iterations = 3000", "iterations = 3001")
     assert "iterations = 3001" in text
     (models / "ccgan.toml").write_text(text)
-    assert bench.fit_stage("ccgan").key != before["ccgan"]
-    assert bench.fit_stage("hm").key == before["hm"]  # other methods keep their cache
-    assert bench.classifier_stage().key == clf_before
+    assert bench.fits.fit_stage("ccgan").key != before["ccgan"]
+    assert bench.fits.fit_stage("hm").key == before["hm"]  # other methods keep their cache
+    assert bench.fits.classifier_stage().key == clf_before
     clf = (models / "classifier.toml").read_text()
     assert "\nepochs = 30\n" in clf
     (models / "classifier.toml").write_text(clf.replace("\nepochs = 30\n", "\nepochs = 31\n", 1))
-    assert bench.classifier_stage().key != clf_before
+    assert bench.fits.classifier_stage().key != clf_before
+    assert not (tmp_path / "run").exists()  # computing keys touches nothing
+
+
+def test_distilled_method_hook(tmp_path, monkeypatch):
+    """``KIND:TEACHER``: the student is fitted by cellbench.methods.distill.distill on the fitted teacher."""
+    from cellbench.data.sets import PairedSet
+    from cellbench.methods import create_normalizer
+
+    calls = []
+
+    def distill(teacher, data, kind, *, seed=0, **options):  # a stand-in: fit KIND on the teacher's outputs
+        calls.append((teacher.name, kind, seed))
+        student = create_normalizer(kind)
+        return student.fit(PairedSet(data.x, teacher.transform(data.x), data.labels, data.ids), seed=seed)
+
+    fake = types.ModuleType("cellbench.methods.distill")
+    fake.distill = distill
+    monkeypatch.setitem(sys.modules, "cellbench.methods.distill", fake)
+    out = tmp_path / "run"
+    assert main(["run-all", "--out", str(out), "--methods", "affine,poly:affine", "--set", "synthetic_n=40",
+                 "--set", "size=64", "--set", "realism=false", *TINY[2:]]) == 0
+    assert calls == [("affine", "poly", 0)]
+    records, _ = load_results(out)
+    assert {"affine", "poly:affine", "ceiling"} <= {r.method for r in records}
+    assert {"fit_seconds", "latency_ms_b1", "psnr"} <= {r.metric for r in records if r.method == "poly:affine"}
+    from cellbench.bench import open_benchmark
+
+    bench = open_benchmark(out, methods=["affine", "poly:affine"], progress=False,
+                           overrides={"synthetic_n": 40, "size": 64, "realism": False, "classifier_preset": "tiny"})
+    stage = bench.fits.fit_stage("poly:affine")
+    assert stage.config["teacher"] == bench.fits.fit_stage("affine").key and stage.done
+    html = (out / "report.html").read_text()
+    assert "poly:affine" in html

@@ -15,17 +15,9 @@ import torch
 
 from cellbench.data.sets import LabelledSet
 from cellbench.errors import CheckpointError, ConfigError, DatasetError, MissingWeightsError
-from cellbench.eval.classifier import (
-    LOG_FILE,
-    META_FILE,
-    WEIGHTS_FILE,
-    WBCClassifier,
-    classifier_config,
-    evaluate_classifier,
-    load_classifier,
-    train_classifier,
-)
+from cellbench.nets.classifier import META_FILE, WEIGHTS_FILE, WBCClassifier, load_classifier
 from cellbench.presets import preset_names
+from cellbench.train.classifier import LOG_FILE, classifier_config, evaluate_classifier, train_classifier
 
 CLASSES = ["eosinophil", "lymphocyte", "neutrophil", "platelet"]
 # One thread: the tests run on a shared 2-core machine where two threads mostly wait for each other.
@@ -94,7 +86,7 @@ def test_learns_separable_classes_far_above_chance(trained, data):
     assert np.trace(conf) / 48 == pytest.approx(res["accuracy"])
     for i, c in enumerate(CLASSES):
         assert res["per_class"][c] == pytest.approx(conf[i, i] / 12)
-    assert res["predictions"] == clf.predict_labels(data[2].images)
+    assert res["predictions"] == [CLASSES[i] for i in clf.predict(data[2].images).tolist()]
 
 
 def test_returned_model_is_frozen_eval_and_keeps_global_rng(small):
@@ -147,7 +139,7 @@ def test_shapes_any_input_size_and_differentiable_features(trained, data):
     assert clf.logits(big).shape == (3, 4)
     f = clf.features(x)
     assert f.shape == (3, clf.feature_dim)
-    assert clf.embed(x, batch_size=2).shape == (3, clf.feature_dim)
+    assert torch.allclose(clf.embed(x, batch_size=2), f.detach(), atol=1e-5)
     fm = clf.feature_maps(x)
     assert fm.ndim == 4 and fm.shape[:2] == (3, clf.feature_dim)
     # A generator is optimised through the frozen classifier (Gram perceptual loss, eq. (8)).
@@ -155,8 +147,6 @@ def test_shapes_any_input_size_and_differentiable_features(trained, data):
     gram = (lambda m: torch.einsum("nchw,ndhw->ncd", m, m))(clf.feature_maps(xg))
     gram.mean().backward()
     assert xg.grad is not None and float(xg.grad.abs().sum()) > 0
-    p = clf.predict_proba(x)
-    assert torch.allclose(p.sum(1), torch.ones(3), atol=1e-5)
 
 
 def test_log_and_early_stopping(trained):
@@ -195,6 +185,9 @@ def test_resume_continues_from_the_last_checkpoint(small, tmp_path):
     a = [json.loads(s) for s in (tmp_path / "a" / LOG_FILE).read_text().splitlines()]
     b = [json.loads(s) for s in (tmp_path / "b" / LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in b] == [1, 2, 3]
+    # the shared checkpoint layout of cellbench.train.checkpoint, one (the last) epoch kept
+    assert json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text())["iteration"] == 3
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").glob("iter_*")] == ["iter_0000003"]
     for ra, rb in zip(a, b, strict=True):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4, abs=1e-6)
     with torch.no_grad():
@@ -289,16 +282,28 @@ def test_api_on_real_pbc_images(pbc_dir, tmp_path):
     from cellbench.data.folders import LabelledFolder
 
     folder = LabelledFolder(pbc_dir)
-    data = folder.load("train", size=256, limit_per_class=10)
-    assert len(data) == 80 and len(set(data.labels)) == 8
-    clf = train_classifier(data, data, preset="tiny", epochs=1, input_size=64, work_dir=tmp_path / "w",
+    data = folder.load("train", size=256, limit_per_class=20)
+    test = folder.load("test", size=256, limit_per_class=10)
+    assert len(data) == 160 and len(set(data.labels)) == 8 and len(test) == 80
+    clf = train_classifier(data, data, preset="tiny", epochs=8, input_size=64, work_dir=tmp_path / "w",
                            **FAST)
     assert clf.classes == sorted(set(data.labels))
-    res = evaluate_classifier(clf, data)
+    res = evaluate_classifier(clf, test)
     assert res["n"] == 80 and np.array(res["confusion"]).sum() == 80
-    assert clf.predict(data.images).shape == (80,)
+    # 8 epochs of the tiny network on 20 images per class reach 0.78 on held-out test images (about
+    # 15 s on 1 core); chance is 1/8, and a network fed wrong labels or channels stays near it
+    assert res["accuracy"] >= 0.5, res["accuracy"]
+    assert clf.predict(data.images).shape == (160,)
     assert clf.features(data.images[:4]).shape == (4, clf.feature_dim)
-    assert len(clf.predict_labels(data.images[:5])) == 5
     back = load_classifier(tmp_path / "w" / "best")
     with torch.no_grad():
         assert torch.equal(back.logits(data.images[:4]), clf.logits(data.images[:4]))
+
+
+def test_config_checks_ranges_and_suggests_names():
+    for key, value in (("epochs", 0), ("lr", 0.0), ("label_smoothing", 1.5), ("batch_size", 2.5),
+                       ("geometric_aug", "sometimes")):
+        with pytest.raises(ConfigError, match=key):
+            classifier_config("tiny", **{key: value})
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        classifier_config("tiny", epoch=3)

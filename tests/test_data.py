@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from cellbench.data import CLASSES, LabelledFolder, PairedFolder, canonical_class
 from cellbench.data.check import check_dataset
 from cellbench.data.spec import parse_data_spec
-from cellbench.data.splits import read_splits, stratified_split
+from cellbench.data.splits import read_splits, split_cache_path, stratified_split, write_splits
 from cellbench.errors import ConfigError, DatasetError
 from cellbench.io import write_image, write_mask
 from cellbench.tensors import center_crop_or_pad, rotate90
@@ -45,14 +48,19 @@ def test_stratified_split_is_seeded_and_balanced():
         assert counts == {"train": 40, "val": 5, "test": 5}
 
 
-def test_paired_folder_load_and_split_written_once(tmp_path):
+def test_paired_folder_load_and_split_cached_not_written_into_dataset(tmp_path):
     root = make_paired(tmp_path / "ds")
     pf = PairedFolder(root)
-    assert (root / "splits.csv").exists()
-    first = read_splits(root / "splits.csv")
-    assert len(first) == 20
-    PairedFolder(root)
-    assert read_splits(root / "splits.csv") == first  # never changes between runs
+    assert not (root / "splits.csv").exists()  # the user's folder is never written
+    cached = split_cache_path([(it.cls, it.id) for it in pf.items], 0)
+    assert cached.is_file() and str(cached).startswith(os.environ["CELLBENCH_CACHE"])
+    first = read_splits(cached)
+    assert len(first) == 20 and first == {(it.cls, it.id): it.split for it in pf.items}
+    again = PairedFolder(root)
+    assert {(it.cls, it.id): it.split for it in again.items} == first  # never changes between runs
+    own = tmp_path / "run" / "splits.csv"  # a run keeps its own copy
+    assert {(it.cls, it.id): it.split for it in PairedFolder(root, splits_file=own).items} == first
+    assert read_splits(own) == first
     data = pf.load(None, size=32)
     assert data.x.shape == (20, 3, 32, 32) and data.masks.shape == (20, 32, 32)
     # Y was written as 255 - X: the pair stays aligned after the centre crop
@@ -130,3 +138,102 @@ def test_data_spec(tmp_path):
         parse_data_spec("paired:/no/such/dir")
     with pytest.raises(ConfigError, match="unknown option"):
         parse_data_spec("synthetic:colour=red")
+
+
+# -- splits that never leak (issue #13, item 1) ----------------------------------------------------
+
+
+def _paired_with_ids(root, ids, cls="neutrophil"):
+    rng = np.random.default_rng(0)
+    for ident in ids:
+        x = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        write_image(root / "X" / cls / f"{ident}.png", x)
+        write_image(root / "Y" / cls / f"{ident}.png", 255 - x)
+    return root
+
+
+def test_ids_with_leading_spaces_keep_their_split_on_every_load(tmp_path):
+    # the reproduction: files " p0.png" ... " p9.png"; the first fit trained on 8, the second on all 10
+    root = _paired_with_ids(tmp_path / "ds", [f" p{i}" for i in range(10)])
+    first = PairedFolder(root)
+    assert {it.id for it in first.items} == {f" p{i}" for i in range(10)}
+    train1 = [it.id for it in first.select("train")]
+    assert len(train1) == 8
+    # a user-provided splits.csv spelling the ids exactly as the files is honoured as written
+    splits = {(it.cls, it.id): it.split for it in first.items}
+    write_splits(root / "splits.csv", splits)
+    assert "neutrophil, p0," in (root / "splits.csv").read_text()
+    second = PairedFolder(root)
+    assert [it.id for it in second.select("train")] == train1
+    assert {(it.cls, it.id): it.split for it in second.items} == splits
+    assert len(second.load("train", size=16)) == 8
+
+
+@pytest.mark.parametrize("rows, match", [
+    ("neutrophil,c000,train\nneutrophil,c000,test\n", r"splits.csv:3: duplicate row .*first at line 2"),
+    ("neutrophil,c000,train\nneutrophil,c000,train\n", r"splits.csv:3: duplicate row"),
+    ("neutrophil,c000,train\nneutrophil,nosuch,test\n", r"splits.csv:3: no image with class 'neutrophil' "
+                                                          r"and id 'nosuch'"),
+    ("neutrophil, c000,train\n", r"splits.csv:2: no image .* id ' c000'"),  # ids are not stripped
+    ("neutrophil,c000,testing\n", r"splits.csv:2: split 'testing'"),
+    ("gremlin,c000,train\n", r"splits.csv:2: unknown cell class 'gremlin'"),
+])
+def test_bad_split_rows_are_refused_naming_file_and_line(tmp_path, rows, match):
+    root = make_paired(tmp_path / "ds", classes=("neutrophil",), n=3, masks=False)
+    (root / "splits.csv").write_text("class,id,split\n" + rows)
+    with pytest.raises(DatasetError, match=match):
+        PairedFolder(root)
+    with pytest.raises(DatasetError, match=match):
+        PairedFolder(root, strict=False)  # not even tolerated when other problems are
+    rep = check_dataset(root)  # data check lists it instead of raising
+    assert any(p.kind == "splits" for p in rep.errors) and not rep.ok
+
+
+def test_labelled_folder_refuses_unknown_split_ids(tmp_path):
+    root = tmp_path / "lab"
+    write_image(root / "lymphocyte" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "splits.csv").write_text("class,id,split\nlymphocyte,a,test\nlymphocyte,b,train\n")
+    with pytest.raises(DatasetError, match=r"splits.csv:3: no image .* id 'b'"):
+        LabelledFolder(root)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses non-UTF-8 file names")
+def test_non_utf8_file_name_in_write_splits_is_refused_and_leaves_nothing(tmp_path):
+    bad = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: not UTF-8, decoded with surrogateescape
+    out = tmp_path / "s" / "splits.csv"
+    with pytest.raises(DatasetError, match=r"not valid UTF-8 .*rename the file"):
+        write_splits(out, {("neutrophil", bad): "train", ("neutrophil", "ok"): "test"})
+    assert not out.exists()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no .splits-XXXX.csv / temporary left behind
+    # a dataset with such a file still loads (the split is computed; only caching it is skipped)
+    root = tmp_path / "ds"
+    for ident in ("ok1", "ok2"):
+        write_image(root / "neutrophil" / f"{ident}.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "neutrophil" / "ok1.png").rename(root / "neutrophil" / os.fsdecode(b"caf\xe9.png"))
+    assert len(LabelledFolder(root).items) == 2
+    assert not list(root.rglob("*.csv")) and not list(root.rglob(".splits*"))
+
+
+# -- data check: what used to be skipped silently (issue #13, item 8) --------------------------------
+
+
+def test_check_reports_links_folders_named_like_images_and_same_stem(tmp_path):
+    root = tmp_path / "lab"
+    write_image(root / "neutrophil" / "ok.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "neutrophil" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "neutrophil" / "loop.png").symlink_to(root / "neutrophil" / "loop.png")
+    (root / "neutrophil" / "folder.png").mkdir()
+    write_image(root / "neutrophil" / "twin.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "neutrophil" / "twin.jpg").write_bytes(b"not a jpeg")
+    rep = check_dataset(root)
+    by_kind = {}
+    for p in rep.problems:
+        by_kind.setdefault(p.kind, []).append(p.message)
+    assert any("dangling symbolic link" in m and "dangling.png" in m for m in by_kind["broken_link"])
+    assert any("symbolic link loop" in m and "loop.png" in m for m in by_kind["broken_link"])
+    assert any("folder.png" in m and "folder named like an image" in m for m in by_kind["not_image"])
+    twin = by_kind["duplicate_id"]
+    assert len(twin) == 1 and "twin.jpg" in twin[0] and "twin.png" in twin[0]
+    # both files of the colliding id are decoded: the broken twin.jpg is reported as unreadable
+    assert any("twin.jpg" in m for m in by_kind["unreadable"])
+    assert rep.files_decoded == 3 and not rep.ok

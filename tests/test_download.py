@@ -53,6 +53,7 @@ class _State:
     support_range = True
     truncate_at: int | None = None     # close the connection after this many body bytes
     status = 200
+    send_length = True                 # False: no Content-Length, the end of the body is the close
     requests: list[dict] = []
 
 
@@ -82,7 +83,8 @@ def _make_handler(state: type[_State]):
             else:
                 self.send_response(200)
             body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
+            if state.send_length:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if state.truncate_at is not None:
                 self.wfile.write(body[: state.truncate_at])
@@ -335,3 +337,95 @@ def test_timeout(tmp_path):
         url = f"http://127.0.0.1:{s.getsockname()[1]}/x.zip"
         with pytest.raises(DownloadError, match="no answer within 0.5 s|timed out"):
             download_dataset("pbc", tmp_path / "d", url=url, progress=False, timeout=0.5)
+
+
+# -- broken archives are refused cleanly and deleted (issue #13, items 7 and 8) --------------------
+
+
+def test_no_content_length_truncated_is_not_taken_as_complete(server, tmp_path):
+    members = _images(tmp_path)
+    server.payload = _zip(members)
+    server.send_length = False
+    server.truncate_at = len(server.payload) * 2 // 3  # the connection drops: looks like a normal end
+    out = tmp_path / "d"
+    with pytest.raises(DownloadError, match="sent no size .*not a complete archive.*deleted"):
+        download_dataset("pbc", out, url=server.url, progress=False, timeout=TIMEOUT)
+    assert [p.name for p in out.iterdir()] == []  # neither the .part nor an archive is kept for reuse
+    server.truncate_at = None  # the rerun downloads afresh and succeeds
+    download_dataset("pbc", out, url=server.url, progress=False, timeout=TIMEOUT)
+    assert _tree(out) == _expected_files(members)
+    assert json.loads((out / MANIFEST).read_text())["sha256"] == hashlib.sha256(server.payload).hexdigest()
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _corrupt_zip_member(members: dict[str, bytes]) -> bytes:
+    """A zip whose directory is intact but one member's stored bytes are flipped (bad CRC)."""
+    data = bytearray(_zip(members))
+    name = next(iter(members)).encode()
+    at = data.index(name) + len(name) + 10  # inside the first member's data, after its local header
+    data[at:at + 8] = bytes(b ^ 0xFF for b in data[at:at + 8])
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["truncated_tar_gz", "corrupt_zip_member"])
+def test_broken_archive_by_hand_is_refused_and_deleted(tmp_path, kind):
+    members = _images(tmp_path)
+    out = tmp_path / "d"
+    out.mkdir()
+    if kind == "truncated_tar_gz":
+        payload = _tar_gz(members)
+        payload = payload[: len(payload) * 2 // 3]
+    else:
+        payload = _corrupt_zip_member(members)
+    archive = out / "PBC_dataset_normal_DIB.zip"
+    archive.write_bytes(payload)
+    # direct unpacking raises DownloadError, never EOFError / BadZipFile
+    with pytest.raises(DownloadError, match="corrupt"):
+        unpack_labelled(archive, tmp_path / "direct", progress=False)
+    with pytest.raises(DownloadError, match=r"corrupt.*deleted"):
+        download_dataset("pbc", out, url="http://127.0.0.1:9/PBC_dataset_normal_DIB.zip", progress=False,
+                         timeout=TIMEOUT)
+    assert not archive.exists()  # a rerun downloads afresh instead of failing on it again
+    assert not (out / MANIFEST).exists()
+
+
+def test_cli_broken_archive_is_one_line(tmp_path, capsys):
+    from cellbench.cli import main
+
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "PBC_dataset_normal_DIB.zip").write_bytes(_corrupt_zip_member(_images(tmp_path)))
+    assert main(["data", "download", "pbc", "--to", str(out), "--url",
+                 "http://127.0.0.1:9/PBC_dataset_normal_DIB.zip", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cellbench: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unpack_keeps_same_named_files_and_counts_them(tmp_path):
+    rng = np.random.default_rng(1)
+
+    def png() -> bytes:
+        f = tmp_path / "t.png"
+        write_image(f, rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+        return f.read_bytes()
+
+    members = {"PBC/neutrophil/x.png": png(), "PBC/SNE/x.png": png(), "other/SNE/x.png": png(),
+               "PBC/neutrophil/y.png": png(), "PBC/neutrophil/y.jpg": png(), "PBC/basophil/x.png": png()}
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip(members))
+    counts = unpack_labelled(archive, tmp_path / "o", progress=False)
+    files = {str(p.relative_to(tmp_path / "o")): p.read_bytes() for p in (tmp_path / "o").rglob("*.*")}
+    assert counts == {"neutrophil": 5, "basophil": 1} and len(files) == 6
+    assert sorted(files.values()) == sorted(members.values())  # every image kept, none overwritten
+    stems = [Path(n).stem for n in files if n.startswith("neutrophil/")]
+    assert len(set(stems)) == 5  # ids (file stems) stay unique within a class
+    assert len(LabelledFolder(tmp_path / "o").items) == 6

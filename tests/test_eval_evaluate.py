@@ -11,7 +11,6 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from cellbench.data.sets import PairedSet
 from cellbench.eval.evaluate import (
-    ceiling_records,
     classifier_records,
     evaluate_paired,
     mcnemar_records,
@@ -86,26 +85,25 @@ def test_evaluate_paired_records():
     idx = torch.tensor([CLASSES.index(lb) for lb in data.labels])
     assert by[("accuracy", "all", "all")].value == pytest.approx(100 * float((g_pred == idx).float().mean()))
     assert ("agreement", "all", "lymphocyte") in by
-    assert not any(r.method == "ceiling" for r in recs)  # only when y2_pred is passed
+    assert {r.role for r in recs} == {"method"}
 
 
-def test_cached_predictions_skip_the_classifier_and_ceiling():
+def test_cached_predictions_skip_the_classifier_and_reference_roles():
     data = make_set()
     clf = MeanColourClassifier()
     y_pred = clf.predict(data.y)
     y2_pred = clf.predict(data.y2)
     clf.calls = 0
-    recs = evaluate_paired("identity", data.x, data, run="r", classifier=clf, y_pred=y_pred,
-                           g_pred=clf.predict(data.x), y2_pred=y2_pred)
-    assert clf.calls == 1
-    ceil = [r for r in recs if r.method == "ceiling"]
-    assert {r.metric for r in ceil} == {"agreement", "accuracy"}
+    # the ceiling: the second rendering y2 evaluated like a method, as a reference row
+    ceil = evaluate_paired("ceiling", data.y2, data, run="r", classifier=clf, y_pred=y_pred, g_pred=y2_pred,
+                           role="reference")
+    assert clf.calls == 0  # every prediction was given
+    assert {r.role for r in ceil} == {"reference"} and {"agreement", "accuracy", "psnr"} <= {r.metric for r in ceil}
     c = next(r for r in ceil if r.metric == "agreement" and r.cell_type == "all")
     assert c.value == pytest.approx(100 * float((y_pred == y2_pred).float().mean()))
-    assert ceiling_records("r", data, classifier=clf)
-    assert ceiling_records("r", data, y_pred=y_pred) == []  # no y2 predictions and no classifier
     cr = classifier_records("r", y_pred, data.labels, CLASSES)
     assert {r.method for r in cr} == {"classifier"} and {r.cell_type for r in cr} == {"all", *CLASSES}
+    assert {r.role for r in cr} == {"reference"}
 
 
 def test_without_masks_uses_segmentation_and_checks_outputs():
@@ -154,7 +152,7 @@ def test_realism_and_speed_records_roundtrip(tmp_path):
     thr = next(r for r in srecs if r.metric == "throughput_ips")
     assert thr.extra["batch_size"] == 8 and thr.extra["image_size"] == 256 and thr.higher_is_better is True
     all_recs = recs + srecs + evaluate_paired("identity", make_set().x, make_set(), run="r")
-    save_results(tmp_path, all_recs, {"config": {}})
+    save_results(tmp_path, all_recs, {"config": {}}, metrics=METRICS)
     loaded, _ = load_results(tmp_path)
     assert len(loaded) == len(all_recs)
     json.loads((tmp_path / "results.json").read_text())

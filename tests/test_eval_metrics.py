@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cellbench.errors import ConfigError
-from cellbench.eval.metrics import METRICS, MetricSpec, higher_is_better
+from cellbench.errors import CellbenchError, ConfigError
+from cellbench.eval.metrics import METRICS, MetricSpec, higher_is_better, make_record, reference_record
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "run-folder.md"
 
@@ -39,7 +39,8 @@ def test_every_documented_metric_is_registered():
     ("ciede2000_p95", False), ("colour_delta_e", False), ("w1_L", False), ("c2st_accuracy", False),
     ("fid", False), ("kid", False), ("latency_ms_b1", False), ("throughput_ips", True),
     ("peak_mem_mb", False),
-    ("mcnemar_p", None), ("lab_L_mean", None), ("fit_seconds", False),
+    ("mcnemar_p", None), ("lab_L_mean", None), ("fit_seconds", False), ("accuracy_gain", True),
+    ("passthrough_images", False),
 ])
 def test_directions(name, direction):
     assert higher_is_better(name) is direction
@@ -51,12 +52,39 @@ def test_units_and_kinds():
     assert METRICS.get("agreement").unit == "%" and METRICS.get("c2st_accuracy").unit == "%"
     assert METRICS.get("psnr").unit == "dB"
     kinds = {METRICS.get(n).kind for n in METRICS.names()}
-    assert kinds <= {"paired", "distribution", "classifier", "per_cell_type", "speed"}
+    assert kinds <= {"paired", "distribution", "classifier", "per_cell_type", "speed", "diagnostic"}
 
 
-def test_lazy_functions_resolve():
+def test_metric_sources_resolve():
     for name in METRICS.names():
-        assert callable(METRICS.get(name).fn.resolve())
+        assert callable(METRICS.get(name).function())
+
+
+def test_make_record_fills_unit_and_direction_and_save_refuses_unknown(tmp_path):
+    from cellbench.results import Record, save_results
+
+    r = make_record("run", "hm", "colour_delta_e", 2.5, region="wbc", n=4)
+    assert (r.unit, r.higher_is_better, r.role) == ("dE00", False, "method")
+    assert make_record("run", "hm", "fit_seconds", 1.0).higher_is_better is False
+    gain = make_record("run", "hm", "accuracy_gain", 3.0)
+    assert (gain.unit, gain.higher_is_better) == ("pp", True)
+    p = make_record("run", "hm", "passthrough_images", 2)
+    assert (p.unit, p.higher_is_better) == ("images", False)
+    assert reference_record("run", "ceiling", "agreement", 90.0).role == "reference"
+    with pytest.raises(ConfigError, match="Did you mean 'psnr'"):
+        make_record("run", "hm", "psrn", 1.0)
+    with pytest.raises(CellbenchError, match="not registered"):
+        save_results(tmp_path, [Record("run", "hm", "sharpness", 1.0)], {}, metrics=METRICS)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_old_results_without_role_read_references_by_name():
+    from cellbench.results import Record
+
+    old = {"run": "r", "method": "ceiling", "metric": "agreement", "value": 90.0}
+    assert Record.from_dict(old).role == "reference"
+    assert Record.from_dict({**old, "method": "hm"}).role == "method"
+    assert Record.from_dict({**old, "method": "hm", "role": "reference"}).role == "reference"
 
 
 def test_unknown_metric_did_you_mean():

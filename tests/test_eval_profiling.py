@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from cellbench.data.sets import PairedSet
 from cellbench.eval.profiling import profile_function, profile_normalizer
 from cellbench.methods.base import create_normalizer
 
@@ -54,9 +55,20 @@ def test_budget_stops_slow_methods():
 
 
 def test_real_normalizer_and_memory():
+    """Peak memory is the increase during a call, not the process's size: identity allocates at
+    most its output (0.2 MiB at batch 4 of 64 px), while ``poly`` at batch 16 of 256 px expands
+    every pixel into 20 monomials (20 x 16 x 65,536 floats = 80 MiB in float32) besides its
+    12 MiB output."""
     norm = create_normalizer("identity")
     p = profile_normalizer(norm, size=64, batch_sizes=(1, 4), warmup=1, repeats=3, max_seconds=20)
-    assert p["throughput_ips"] > 0 and p["peak_mem_mb"] >= 0
+    assert p["throughput_ips"] > 0 and set(p["peak_mem_by_batch"]) == {1, 4}
+    assert p["peak_mem_mb"] < 16  # the process itself holds hundreds of MiB (torch, numpy)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    poly = create_normalizer("poly").fit(PairedSet(x=x, y=x.sqrt(), labels=["neutrophil"] * 8), seed=0)
+    q = profile_normalizer(poly, size=256, batch_sizes=(16,), warmup=1, repeats=1, max_seconds=60)
+    assert q["peak_mem_by_batch"][16] >= 12, q["peak_mem_by_batch"]
 
 
 def test_cpu_peak_memory_sees_allocations():
@@ -74,3 +86,17 @@ def test_cuda_requested_without_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="cuda"):
         profile_function(lambda x: x, device="cuda")
+
+
+def test_conditions_of_the_figures_recorded():
+    """Rounds, spread, CPU time vs wall time and load average travel with the figures (issue #17)."""
+    from cellbench.eval.profiling import format_profile
+
+    p = profile_normalizer(Sleepy(0.003), size=16, batch_sizes=(1, 2), warmup=1, repeats=4, max_seconds=30)
+    assert p["latency_by_batch"][2]["rounds"] == 4 and p["latency_by_batch"][1]["p90_ms"] >= 3.0
+    assert p["spread_p90_median"] >= 1.0
+    # a sleeping transform uses almost no CPU: CPU time is far below wall time
+    assert p["wall_time_s"] >= 8 * 0.003 and p["cpu_per_wall"] < 0.5
+    assert set(p["load_avg_1min"]) == {"start", "end"} and p["threads"] >= 1
+    text = format_profile(p)
+    assert "p90" in text and "CPU time / wall time" in text

@@ -74,7 +74,9 @@ def test_results_round_trip(tmp_path):
             Record("r1", "pcnet", "agreement", 88.6, n=981, unit="%", higher_is_better=True, extra={"k": 1}),
             Record("r1", "x", "fid", float("nan"))]
     meta = run_metadata({"profile": "quick"})
-    save_results(tmp_path, recs, meta)
+    from cellbench.eval.metrics import METRICS
+
+    save_results(tmp_path, recs, meta, metrics=METRICS)
     back, meta2 = load_results(tmp_path)
     assert back[:2] == recs[:2] and np.isnan(back[2].value)
     assert meta2["config"] == {"profile": "quick"} and "commit" in meta2["git"] and meta2["machine"]["cpu_count"]

@@ -29,13 +29,12 @@ def deterministic_cudnn(monkeypatch):
 def test_trains_on_cuda_with_amp_and_channels_last(tmp_path, method, amp, vgg_cache):  # noqa: F811
     data = paired_data()
     norm = make(method, device="cuda", amp=amp, iterations=40, checkpoint_every=40, sample_every=40, lr=3e-3)
-    trainer = norm._build_trainer(True, 0)
+    trainer = norm.build_trainer(True, 0)
     assert trainer.device.type == "cuda" and trainer.channels_last
     assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     conv = next(m for m in trainer.nets["G_xy"].modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_cuda and conv.weight.is_contiguous(memory_format=torch.channels_last)
-    trainer.close()
 
     before = (norm.G_xy.eval()(data.x) - data.y).abs().mean()
     norm.bind_run_dir(tmp_path / "run")
@@ -122,3 +121,41 @@ def test_two_nccl_ranks_stay_identical(tmp_path):
     w0, w1 = run_two_ranks(tmp_path, "cuda", "bf16", timeout=170)
     for k in w0:
         assert (w0[k].float() - w1[k].float()).abs().max() <= 1e-6, k
+
+
+# -- issue #17: fast transforms on CUDA -------------------------------------------------------------
+@pytest.mark.parametrize("interp", ["tetrahedral", "trilinear"])
+def test_lut3d_cuda_matches_cpu_kernel(interp):
+    """A lut3d moved to CUDA (torch reference path) gives the CPU kernel's output."""
+    from cellbench.methods.distill import normalizer_from_cube
+    from cellbench.nets.lut import identity_lut
+
+    norm = normalizer_from_cube(identity_lut(33) ** 1.2 * 0.9, interpolation=interp)
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cpu = norm.transform(x)
+    gpu = norm.to("cuda").transform(x.cuda())
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["pixelnet", "ctx"])
+def test_students_cuda_match_cpu(kind):
+    from cellbench.data.sets import PairedSet
+    from cellbench.methods.distill import distill
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    data = PairedSet(x=x, y=(x * 0.9 + 0.05), labels=["a"] * 4)
+    student = distill(create_normalizer("identity"), data, kind, iterations=20)
+    cpu = student.transform(x)
+    gpu = student.to("cuda").transform(x.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+
+
+def test_profile_normalizer_cuda_records_conditions():
+    from cellbench.eval.profiling import profile_normalizer
+    from cellbench.methods.distill import normalizer_from_cube
+    from cellbench.nets.lut import identity_lut
+
+    p = profile_normalizer(normalizer_from_cube(identity_lut(17)), device="cuda", size=64, batch_sizes=(1, 8),
+                           repeats=3, max_seconds=30)
+    assert p["device"] == "cuda" and p["latency_by_batch"][8]["rounds"] == 3 and p["throughput_ips"] > 0

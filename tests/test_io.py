@@ -119,3 +119,35 @@ def test_write_is_atomic_and_validates(tmp_path):
     with pytest.raises(ValueError):
         write_image(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
     assert not list(tmp_path.iterdir())
+
+
+def test_multi_picture_jpeg_reads_its_first_frame(tmp_path):
+    """MPO (CIPA DC-007: a JPEG followed by more pictures, as phones write) was refused as unsupported."""
+    first = np.zeros((12, 10, 3), np.uint8)
+    first[:, :5] = (200, 30, 30)
+    first[:, 5:] = (30, 30, 200)
+    second = np.full((12, 10, 3), 255, np.uint8)
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(first).save(path, format="MPO", save_all=True, append_images=[Image.fromarray(second)])
+    with Image.open(path) as im:
+        assert im.format == "MPO" and im.n_frames == 2  # really a multi-picture file
+        im.seek(0)
+        reference = np.asarray(im.convert("RGB"))  # Pillow's decoding of the first picture
+    got = read_image(path)
+    assert got.shape == (12, 10, 3) and np.array_equal(got, reference)
+    # the red/blue first picture (JPEG-compressed, chroma subsampled at the edge), not the white one
+    assert np.abs(got[:, :3].astype(int) - first[:, :3]).max() < 10 and got[:, 7:, 2].min() > 180
+
+
+def test_writes_get_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        write_image(tmp_path / "a.png", _rgb())
+        write_mask(tmp_path / "m.png", np.zeros((3, 3), np.uint8))
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o664}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "m.png"]  # no temporary left

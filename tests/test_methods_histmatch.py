@@ -8,7 +8,8 @@ from skimage.exposure import match_histograms
 
 from cellbench.data.sets import LabelledSet, PairedSet, UnpairedSet
 from cellbench.methods import create_normalizer
-from cellbench.segmentation import toy_smears
+
+from .smears import toy_smears
 
 
 def on_grid(t):

@@ -10,7 +10,8 @@ from cellbench.data.masks import BACKGROUND, CYTOPLASM, NUCLEUS, RED_CELL
 from cellbench.data.sets import PairedSet, as_unpaired
 from cellbench.errors import ConfigError
 from cellbench.methods import create_normalizer, load_normalizer
-from cellbench.segmentation import toy_smears
+
+from .smears import toy_smears
 
 # One known affine colour map per region (3x3 matrix, offset); outputs stay inside [0, 1].
 MAPS = {

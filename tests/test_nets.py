@@ -25,7 +25,7 @@ from cellbench.nets import (
 from cellbench.nets.discriminator import log_mean_sigmoid
 from cellbench.nets.features import VGG16_FILE, VGG16Features
 
-torch.set_num_threads(1)  # tiny nets: one thread avoids OpenMP barrier stalls on a busy machine
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (restored after each test)
 
 
 # -- architecture --------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_corrupt_vgg16_file_is_a_checkpoint_error(tmp_path, hub_dir):
 
 
 def test_classifier_feature_net(tmp_path):
-    from cellbench.eval.classifier import WBCClassifier
+    from cellbench.nets.classifier import WBCClassifier
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

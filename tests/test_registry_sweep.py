@@ -16,7 +16,8 @@ import torch
 
 from cellbench.data.sets import PairedSet, as_unpaired
 from cellbench.methods import NORMALIZERS, create_normalizer, load_normalizer
-from cellbench.segmentation import toy_smears
+
+from .smears import toy_smears
 
 
 def sweep_skip_reason(name: str) -> str | None:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from cellbench.errors import CellbenchError
+from cellbench.eval.metrics import METRICS
 from cellbench.io import read_image, write_image
 from cellbench.report import build_comparison_report, build_report
 from cellbench.results import Record, run_metadata, save_results
@@ -120,8 +121,8 @@ def make_run(
         for b in methods[i + 1 :]:
             p = 0.5 / (1 + abs(quality[a] - quality[b]) * 20)
             add(a, "mcnemar_p", p, hib=None, n=300, extra={"vs": b, "statistic": 3.2})
-    add("ceiling", "agreement", 97.0, hib=True, n=300, ci_low=95.0, ci_high=98.5, unit="%")
-    add("classifier", "accuracy", 99.0, hib=True, n=300, ci_low=98.0, ci_high=99.6, unit="%")
+    add("ceiling", "agreement", 97.0, hib=True, n=300, ci_low=95.0, ci_high=98.5, unit="%", role="reference")
+    add("classifier", "accuracy", 99.0, hib=True, n=300, ci_low=98.0, ci_high=99.6, unit="%", role="reference")
 
     run = root / "run"
     config = {"profile": "quick", "data": "synthetic", "methods": methods, "seed": 0}
@@ -130,7 +131,8 @@ def make_run(
         meta["config"] = {"note": EVIL, EVIL: EVIL_ATTR, "methods": methods}
         meta["machine"]["hostname"] = f"host{EVIL}{EVIL_ATTR}"
         meta["created"] = EVIL
-    save_results(run, recs, meta)
+    # a metric this version does not know (from another version's results) is shown, unranked
+    save_results(run, recs, meta, metrics={*METRICS.names(), "novel_score"})
 
     # artifacts: sample grid with difference maps
     art = run / "artifacts"
@@ -421,7 +423,7 @@ def test_missing_sections_are_noted_not_crashing(tmp_path):
         Record("r", m, "agreement", v, n=10, higher_is_better=True, unit="%")
         for m, v in (("identity", 50.0), ("hm", 70.0))
     ]
-    save_results(run, recs, {})
+    save_results(run, recs, {}, metrics=METRICS)
     html = build_report(run, title="Bare run").read_text(encoding="utf-8")
     doc = parse(html)
     assert {"cell-types", "samples", "colour", "confusion", "speed", "training"} <= set(doc.missing)
@@ -567,3 +569,41 @@ def test_markdown_leaderboard_matches_the_records_and_escapes(built, tmp_path, c
         table = [ln for ln in block.splitlines() if ln.startswith("|")]
         cols = {len(re.findall(r"(?<!\\)\|", ln)) for ln in table}
         assert len(cols) == 1, cols  # a hostile name cannot add or break columns
+
+
+def test_references_are_a_role_not_a_name(tmp_path):
+    """A reference row with any name is shown last and never ranked; an old file's "ceiling" still is."""
+    run = tmp_path / "roles"
+    recs = [Record("r", "identity", "agreement", 50.0, n=10, higher_is_better=True, unit="%"),
+            Record("r", "hm", "agreement", 70.0, n=10, higher_is_better=True, unit="%"),
+            Record("r", "oracle", "agreement", 99.0, n=10, higher_is_better=True, unit="%", role="reference")]
+    save_results(run, recs, {}, metrics=METRICS)
+    doc = parse(build_report(run).read_text(encoding="utf-8"))
+    assert doc.rows["leaderboard"] == ["hm", "identity", "oracle"]
+    assert [c["data-method"] for c in doc.cells if c["best"]] == ["hm"]  # 99 % is a reference, not ranked
+    # a results file from before roles: no "role" key, the reference rows named "ceiling"/"classifier"
+    payload = json.loads((run / "results.json").read_text())
+    for r in payload["records"]:
+        del r["role"]
+        r["method"] = "ceiling" if r["method"] == "oracle" else r["method"]
+    (run / "results.json").write_text(json.dumps(payload))
+    doc = parse(build_report(run).read_text(encoding="utf-8"))
+    assert doc.rows["leaderboard"] == ["hm", "identity", "ceiling"]
+    assert [c["data-method"] for c in doc.cells if c["best"]] == ["hm"]
+
+
+def test_passthrough_images_are_noted_per_method(tmp_path, capsys):
+    from cellbench.cli import main
+    from cellbench.eval.metrics import make_record
+
+    run = tmp_path / "pass"
+    recs = [make_record("r", m, "agreement", v, n=10) for m, v in (("identity", 50.0), ("macenko", 70.0))]
+    recs += [make_record("r", "identity", "passthrough_images", 0, n=10),
+             make_record("r", "macenko", "passthrough_images", 3, n=10)]
+    save_results(run, recs, {}, metrics=METRICS)
+    html = build_report(run).read_text(encoding="utf-8")
+    assert "macenko returned 3 of 10 test images unchanged" in html
+    assert "identity returned" not in html
+    assert main(["report", str(run), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "Passed through" in out and "macenko returned 3 of 10" in out

@@ -10,7 +10,9 @@ import torch
 
 from cellbench.data.masks import BACKGROUND, CYTOPLASM, NUCLEUS, RED_CELL
 from cellbench.errors import ConfigError
-from cellbench.segmentation import REGIONS, ColourSegmenter, segment, toy_smears
+from cellbench.segmentation import REGIONS, ColourSegmenter, segment
+
+from .smears import toy_smears
 
 
 def test_recovers_constructed_regions():
@@ -90,6 +92,7 @@ def _load_pbc(pbc_dir, n, size=256, seed=0):
     return torch.cat([to_tensor(a) for a in arr]), files
 
 
+@pytest.mark.realdata
 def test_real_pbc_centre_white_cell_nucleus_is_found(pbc_dir):
     train, _ = _load_pbc(pbc_dir, 40, seed=0)
     test, files = _load_pbc(pbc_dir, 24, seed=1)

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
-import tomllib
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..options import parse_set_items, resolve_device
+from . import checks
 
 log = logging.getLogger(__name__)
-
-
-def _parse_set(values: list[str]) -> dict:
-    """``--set key=value`` pairs; values are parsed as TOML (numbers, booleans, strings, lists)."""
-    out = {}
-    for item in values or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -43,22 +30,44 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ..data.load import load_training_data
-    from ..methods import create_normalizer
+    from ..fs import FolderLock
+    from ..methods import NORMALIZERS, create_normalizer
+    from ..sim import load_training_data
+    from ..train.distributed import setup_distributed, shutdown
 
-    overrides = _parse_set(args.set)
+    overrides = parse_set_items(args.set)
     for flag, key in (("vgg_weights", "vgg_weights"), ("feature_net", "feature_net"),
                       ("iterations", "iterations"), ("device", "device"), ("classifier_dir", "classifier_dir")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = str(value) if isinstance(value, Path) else value
+    checks.size(args.size, min=16)
+    checks.seed(args.seed)
+    if args.iterations is not None:
+        checks.count(args.iterations, "--iterations")
+    if args.device is not None:
+        overrides["device"] = resolve_device(args.device)
+    out = checks.output_dir(args.out)
+    if args.quiet and NORMALIZERS.get(args.method).trainable:
+        overrides["progress"] = False
     norm = create_normalizer(args.method, args.preset, **overrides)
-    out = Path(args.out)
+    # the data is read (and checked) before the model folder is created or locked
     data = load_training_data(args.data, size=args.size, seed=args.seed, kinds=type(norm).data_kinds)
-    norm.bind_run_dir(out, resume=args.resume)
-    t0 = time.perf_counter()
-    norm.fit(data, seed=args.seed)
-    norm.save(out)
+    dist = setup_distributed(overrides.get("device", "auto"))  # explicit; a no-op outside torchrun
+    # two fits into one folder would mix checkpoints; the ranks of one torchrun fit share it (rank 0 locks)
+    lock = FolderLock(out, what="model folder") if dist.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            norm.bind_run_dir(out, resume=args.resume)
+            if hasattr(norm, "bind_distributed"):  # the trained networks: one rank of the group
+                norm.bind_distributed(dist)
+            t0 = time.perf_counter()
+            norm.fit(data, seed=args.seed)
+            norm.save(out)  # a no-op on ranks other than 0
+    finally:
+        shutdown(dist)
+    if not dist.is_main:
+        return 0
     print(f"fitted {args.method} on {len(data.x) if hasattr(data, 'x') and hasattr(data.x, 'shape') else ''} "
           f"training images in {time.perf_counter() - t0:.1f} s; saved to {out}")
     return 0
@@ -67,8 +76,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_transform(args: argparse.Namespace) -> int:
     from ..transform import transform_folder
 
+    checks.count(args.batch_size, "--batch-size", max=4096)
+    args.device = resolve_device(args.device)
+    checks.input_dir(args.model, "--model")
+    checks.input_dir(args.input, "input")
+    checks.output_dir(args.output, "output")
     summary = transform_folder(args.model, args.input, args.output, batch_size=args.batch_size,
-                               device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+                               device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+                               engine=args.engine)
     print(f"transformed {summary.written} image(s), skipped {summary.existing} already done, "
           f"{len(summary.failed)} unreadable -> {args.output}")
     for _path, msg in summary.failed:
@@ -79,6 +94,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
 
+    checks.input_dir(args.root, "ROOT")
+    checks.count(args.workers, "--workers", max=256)
     rep = check_dataset(args.root, workers=args.workers, progress=not args.quiet)
     print(f"{rep.root}: {rep.layout} dataset, {rep.files_decoded} files decoded in {rep.seconds:.2f} s "
           f"({rep.files_decoded / max(rep.seconds, 1e-9):.0f} files/s)")
@@ -98,6 +115,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_download(args: argparse.Namespace) -> int:
     from ..data.download import download_dataset
 
+    checks.output_dir(args.to, "--to")
+    checks.finite(args.timeout, "--timeout", min=0.1, max=3600.0)
     out = download_dataset(args.name, Path(args.to), url=args.url, sha256=args.sha256, progress=not args.quiet,
                            timeout=args.timeout, keep_archive=args.keep_archive, force=args.force)
     print(f"{args.name} is ready in {out}")
@@ -122,6 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vgg-weights", type=Path, help="VGG-16 ImageNet weights file (pcnet)")
     p.add_argument("--feature-net", choices=["vgg16", "classifier"], help="feature network of pcnet's loss")
     p.add_argument("--classifier-dir", type=Path, help="trained WBC classifier (for --feature-net classifier)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (trained methods: progress=false)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("transform", help="apply a saved normalizer to every image of a folder tree")
@@ -130,6 +150,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="output folder (same names and sub-folders)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--engine", default="eager", choices=["eager", "folded", "channels_last", "onnxruntime", "compile",
+                                                         "bf16"],
+                   help="CPU inference engine of ccgan/pcnet (cellbench.nets.engines; default eager)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transform)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import checks
 
 
 def _system_help(role: str, default: str) -> str:
@@ -33,7 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-shift", type=float, default=0.5, help="max misregistration shift in px (default 0.5)"
     )
     p.add_argument("--max-rotation", type=float, default=0.1, help="max misregistration rotation in degrees")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # old name
+    p.add_argument("--replace", action="store_true",
+                   help="remove the dataset already in --out first (a non-empty --out is refused otherwise)")
     p.set_defaults(func=_simulate, _parser=p)
     ssub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
 
@@ -67,37 +70,87 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--size", type=int, default=256)
     r.add_argument("--limit-per-class", type=int, default=None)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # old name
     r.set_defaults(func=_resim)
 
 
+#: What ``simulate --replace`` removes: exactly the entries a simulated dataset consists of.
+DATASET_ENTRIES = ("X", "Y", "masks", "splits.csv")
+
+
+def _prepare_out(root: Path, *, replace: bool) -> None:
+    """Refuse a non-empty ``--out`` (new pairs would mix with old ones, and the old test pairs would
+    lose their split); with ``replace``, remove the old simulated dataset first."""
+    import shutil
+
+    from ..fs import FolderLock
+
+    checks.output_dir(root)
+    if not root.exists():
+        return
+    entries = sorted(e.name for e in root.iterdir() if e.name != FolderLock.NAME)
+    if not entries:
+        return
+    if not replace:
+        raise ConfigError(f"--out {root}: the folder is not empty ({', '.join(entries[:4])}"
+                          f"{' ...' if len(entries) > 4 else ''}); choose an empty folder or pass --replace "
+                          "to remove the dataset in it first")
+    foreign = [e for e in entries if e not in DATASET_ENTRIES]
+    if foreign:
+        raise ConfigError(f"--out {root}: --replace removes only a dataset (X/, Y/, masks/, splits.csv), but the "
+                          f"folder also holds {', '.join(foreign[:4])}; choose another folder")
+    for e in DATASET_ENTRIES:
+        target = root / e
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
 def _simulate(args) -> int:
-    from ..sim import write_paired_dataset
+    from ..fs import FolderLock
+    from ..sim import load_system, write_paired_dataset
 
     if args.out is None:
-        args._parser.print_usage(sys.stderr)
-        raise ConfigError("simulate: --out ROOT is required")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    root = write_paired_dataset(
-        args.out,
-        args.n,
-        size=args.size,
-        seed=args.seed,
-        x_system=args.x_system,
-        y_system=args.y_system,
-        workers=args.workers,
-        progress=not args.no_progress,
-        max_shift_px=args.max_shift,
-        max_rotation_deg=args.max_rotation,
-    )
+        raise ConfigError("simulate: --out ROOT is required (see `cellbench simulate --help`)")
+    checks.count(args.workers, "--workers", max=256)
+    checks.count(args.n, "--n", max=checks.MAX_PAIRS)
+    checks.size(args.size, min=32)
+    checks.seed(args.seed)
+    checks.finite(args.max_shift, "--max-shift", min=0.0, max=args.size / 4)
+    checks.finite(args.max_rotation, "--max-rotation", min=0.0, max=180.0)
+    checks.output_dir(args.out)
+    for system in (args.x_system, args.y_system):
+        load_system(system)  # a bad system name or file fails before --out is touched
+    with FolderLock(args.out, what="simulated dataset"):
+        _prepare_out(args.out, replace=args.replace)
+        root = write_paired_dataset(
+            args.out,
+            args.n,
+            size=args.size,
+            seed=args.seed,
+            x_system=args.x_system,
+            y_system=args.y_system,
+            workers=args.workers,
+            progress=not args.quiet,
+            max_shift_px=args.max_shift,
+            max_rotation_deg=args.max_rotation,
+        )
     print(f"wrote {args.n} pairs to {root} (X: {args.x_system}, Y: {args.y_system})")
     return 0
 
 
 def _calibrate(args) -> int:
-    from ..sim.calibrate import calibration_table, format_table
+    from ..fs import atomic_write
+    from ..sim.calibrate import calibration_table, format_table, summary_line, target_failures
 
+    checks.input_dir(args.real, "--real")
+    checks.count(args.n_per_class, "--n-per-class", max=100_000)
+    checks.size(args.size, min=32)
+    checks.seed(args.seed)
+    if args.json:
+        checks.output_file(args.json, "--json")
     rows = calibration_table(
         args.real, system=args.system, n_per_class=args.n_per_class, size=args.size, seed=args.seed
     )
@@ -105,13 +158,20 @@ def _calibrate(args) -> int:
     if args.json:
         import json
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 0
+        atomic_write(args.json, json.dumps(rows, indent=1))
+    print(summary_line(rows))
+    return 1 if target_failures(rows) else 0
 
 
 def _resim(args) -> int:
     from ..sim.resim import resimulate_folder
+
+    checks.input_dir(args.real, "--real")
+    checks.size(args.size, min=32)
+    checks.seed(args.seed)
+    if args.limit_per_class is not None:
+        checks.count(args.limit_per_class, "--limit-per-class")
+    checks.output_dir(args.out)
 
     n = resimulate_folder(
         args.real,
@@ -121,7 +181,7 @@ def _resim(args) -> int:
         size=args.size,
         limit_per_class=args.limit_per_class,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
     print(f"wrote {n} pairs (X: {args.dst} re-simulated, Y: real) to {args.out}")
     return 0

@@ -86,6 +86,9 @@ def check_dataset(root: str | os.PathLike, *, workers: int = 2, seed: int = 0,
             report.counts[it.cls][it.split] += 1
         jobs = [("image", it.path) for it in litems]
     report.problems.extend(problems)
+    # the second of two files with one id (a.png, a.jpg) is not indexed, but it is decoded too, so
+    # everything that is wrong with either file is reported at once
+    jobs += [("image", Path(p.path)) for p in problems if p.kind == "duplicate_id"]
 
     bar = None
     if progress:

@@ -7,14 +7,19 @@ Steps of :func:`download_dataset`:
 1. Stream the archive to ``DIR/<file>.part`` with a progress bar (tqdm). An interrupted download
    is resumed by an HTTP ``Range`` request from the size of the ``.part`` file; a server that
    ignores ``Range`` (answers ``200`` with the whole file) is handled by starting over.
-2. Rename ``.part`` to ``DIR/<file>`` once the byte count matches ``Content-Length``.
+2. Rename ``.part`` to ``DIR/<file>`` once the byte count matches ``Content-Length``; without a
+   ``Content-Length`` only once every member of the archive decompresses (else it is deleted).
 3. Compute the archive's SHA-256 and compare it with the expected value (the registry's, or the
    one the user passes, ``--sha256``). A mismatch deletes the archive and raises
    :class:`~cellbench.errors.DownloadError`.
-4. Unpack (zip, tar, tar.gz/bz2/xz, and one level of archives nested in the archive) into
+4. Without a known checksum, decompress every member once first: a truncated or corrupt archive
+   is deleted before the error, so a rerun downloads it afresh instead of failing on it again.
+   Unpack (zip, tar, tar.gz/bz2/xz, and one level of archives nested in the archive) into
    ``DIR/<canonical class>/<file name>``. Every entry is checked first: absolute paths, ``..``
    components and links that point outside the archive are refused (nothing is written then);
-   links inside it, hidden files and ``__MACOSX`` entries are skipped.
+   links inside it, hidden files and ``__MACOSX`` entries are skipped. Two images that would get
+   the same id in one class (``a/x.png`` and ``b/x.png``, or ``x.png`` and ``x.jpg``) are both kept
+   (the second as ``b_x.png``).
 5. Write ``DIR/.cellbench-download.json`` (URL, size, computed SHA-256, whether it was verified
    against a known value, images per class) and delete the archive (``keep_archive=False``).
 
@@ -24,10 +29,12 @@ A user who cannot reach the server can download the file with a browser, put it 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -39,6 +46,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -47,6 +55,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import DatasetError, DownloadError
+from ..fs import atomic_path, atomic_write
 from ..io import is_image_file
 from ..registry import Registry
 from .classes import canonical_class
@@ -126,8 +135,9 @@ def _request(url: str, start: int) -> urllib.request.Request:
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) -> int:
-    """Stream ``url`` into ``part`` (resuming from its size); returns the final size in bytes.
+def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) -> tuple[int, bool]:
+    """Stream ``url`` into ``part`` (resuming from its size); returns the final size in bytes and
+    whether the server stated the total size (``Content-Length``/``Content-Range``) and it was met.
 
     Raises the low-level ``urllib``/``http.client``/``OSError`` exceptions; the caller wraps them.
     """
@@ -141,7 +151,7 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) 
             exc.close()
             if m and int(m.group(1)) == start:
                 log.info("%s: %s is already complete", label, part)
-                return start
+                return start, True
             log.info("%s: server refused to resume from byte %d; starting over", label, start)
             part.unlink()
             return _fetch(url, part, timeout=timeout, progress=progress, label=label)
@@ -181,7 +191,7 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) 
             f"{url}: download interrupted at {done} of {total} bytes; run the command again to resume "
             f"(the partial file {part} is kept)"
         )
-    return done
+    return done, total is not None
 
 
 def _sha256(path: Path) -> str:
@@ -200,7 +210,7 @@ def _download(src: DatasetSource, to: Path, *, timeout: float, progress: bool) -
     part = archive.with_name(archive.name + ".part")
     what = f"downloading {src.name} from {src.url}"
     try:
-        _fetch(src.url, part, timeout=timeout, progress=progress, label=src.filename)
+        _, sized = _fetch(src.url, part, timeout=timeout, progress=progress, label=src.filename)
     except DownloadError:
         raise
     except urllib.error.HTTPError as exc:
@@ -218,6 +228,16 @@ def _download(src: DatasetSource, to: Path, *, timeout: float, progress: bool) -
         raise DownloadError(f"{what} was interrupted after {got} bytes ({type(exc).__name__}: {exc}); run "
                             f"the command again to resume (the partial file {part} is kept). "
                             f"{_manual_hint(src, to)}") from None
+    if not sized:
+        # no Content-Length: a dropped connection looks like the end of the file, so the archive
+        # is accepted only once every member decompresses; a broken one is deleted, not reused
+        try:
+            with _Archive(part) as arc:
+                arc.verify()
+        except DownloadError as exc:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{src.url}: the server sent no size and the file received is not a complete "
+                                f"archive ({exc}); it was deleted: run the command again") from None
     os.replace(part, archive)
     return archive
 
@@ -273,6 +293,11 @@ def _skipped(p: PurePosixPath) -> bool:
     return any(part == "__MACOSX" or part.startswith(".") for part in p.parts)
 
 
+#: What reading a truncated or corrupt archive raises (zip CRC/structure, tar headers, the gzip,
+#: bzip2 and xz streams); a full disk or a permission error is an OSError and is not among them.
+_CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
 class _Archive:
     """Uniform read access to zip and tar archives."""
 
@@ -287,7 +312,7 @@ class _Archive:
                 self._tar = tarfile.open(path, "r:*")
             else:
                 raise DownloadError(f"{path}: not a zip or tar archive; delete it and download again")
-        except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+        except (*_CORRUPT, OSError) as exc:
             raise DownloadError(f"{path}: corrupt archive ({exc}); delete it and download again") from None
 
     def close(self) -> None:
@@ -303,6 +328,34 @@ class _Archive:
         self.close()
 
     def entries(self) -> list[_Entry]:
+        try:
+            return self._entries()
+        except _CORRUPT as exc:
+            raise DownloadError(f"{self.path}: corrupt or truncated archive ({type(exc).__name__}: {exc}); "
+                                "delete it and download again") from None
+
+    def verify(self) -> None:
+        """Decompress every member once (CRCs for zip, the whole stream for tar): a truncated or
+        corrupt archive raises :class:`DownloadError` here, before anything is unpacked."""
+        try:
+            if self._zip is not None:
+                bad = self._zip.testzip()
+                if bad is not None:
+                    raise zipfile.BadZipFile(f"bad CRC in {bad!r}")
+            else:
+                assert self._tar is not None
+                for m in self._tar.getmembers():
+                    if m.isfile():
+                        f = self._tar.extractfile(m)
+                        if f is not None:
+                            with f:
+                                while f.read(CHUNK):
+                                    pass
+        except _CORRUPT as exc:
+            raise DownloadError(f"{self.path}: corrupt or truncated archive ({type(exc).__name__}: {exc}); "
+                                "delete it and download again") from None
+
+    def _entries(self) -> list[_Entry]:
         out: list[_Entry] = []
         if self._zip is not None:
             for info in self._zip.infolist():
@@ -336,14 +389,12 @@ class _Archive:
             if f is None:
                 raise DownloadError(f"{self.path}: cannot read entry {name!r}")
             src = f
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         try:
-            with src, os.fdopen(fd, "wb") as out:
+            with atomic_path(dest) as tmp, src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, CHUNK)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except _CORRUPT as exc:
+            raise DownloadError(f"{self.path}: entry {name!r} is corrupt or truncated ({type(exc).__name__}: "
+                                f"{exc}); delete the archive and download again") from None
 
 
 def _class_of(p: PurePosixPath) -> str | None:
@@ -361,7 +412,21 @@ def _is_archive_name(name: str) -> bool:
     return n.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"))
 
 
-def unpack_labelled(archive: Path, to: Path, *, progress: bool = True, _depth: int = 0) -> Counter:
+def _unique_dest(to: Path, cls: str, p: PurePosixPath, used: set[tuple[str, str]]) -> Path:
+    """``to/cls/<name>``, renamed (``<folder>_<name>``, then ``<folder>_<stem>_<k><ext>``) when an image
+    of that class already took the id (file stem): two files never share a path or an id."""
+    stem, suffix = PurePosixPath(p.name).stem, PurePosixPath(p.name).suffix
+    parent = p.parent.name or "root"
+    candidates = [stem, f"{parent}_{stem}"] + [f"{parent}_{stem}_{k}" for k in range(2, 10_000)]
+    for cand in candidates:
+        if (cls, cand) not in used:
+            used.add((cls, cand))
+            return to / cls / f"{cand}{suffix}"
+    raise DownloadError(f"too many images named {p.name!r} in class {cls!r}")
+
+
+def unpack_labelled(archive: Path, to: Path, *, progress: bool = True, _depth: int = 0,
+                    _used: set[tuple[str, str]] | None = None) -> Counter:
     """Unpack ``archive`` (zip or tar) into ``to/<canonical class>/<file name>``.
 
     Image files are placed by the innermost folder of their archive path that names a known cell
@@ -383,6 +448,7 @@ def unpack_labelled(archive: Path, to: Path, *, progress: bool = True, _depth: i
     """
     to = Path(to)
     to.mkdir(parents=True, exist_ok=True)
+    used: set[tuple[str, str]] = set() if _used is None else _used  # (class, id) written so far
     with _Archive(archive) as arc:
         entries = arc.entries()
         files: list[tuple[_Entry, PurePosixPath]] = []
@@ -407,10 +473,9 @@ def unpack_labelled(archive: Path, to: Path, *, progress: bool = True, _depth: i
                     with tempfile.TemporaryDirectory(dir=to, prefix=".cellbench-inner-") as tmp:
                         nested = Path(tmp) / p.name
                         arc.copy_to(e.name, nested)
-                        counts += unpack_labelled(nested, to, progress=progress, _depth=1)
+                        counts += unpack_labelled(nested, to, progress=progress, _depth=1, _used=used)
                 return counts
         counts = Counter()
-        written: set[Path] = set()
         unlabelled = 0
         for e, p in tqdm(images, desc=f"unpacking {archive.name}", unit="file", disable=not progress,
                          leave=False):
@@ -418,12 +483,10 @@ def unpack_labelled(archive: Path, to: Path, *, progress: bool = True, _depth: i
             if cls is None:
                 unlabelled += 1
                 continue
-            dest = to / cls / p.name
-            if dest in written:  # same file name in two folders mapping to one class
-                dest = to / cls / f"{p.parent.name}_{p.name}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            # the same file name in two folders mapping to one class (or a.png beside a.jpg) gets a
+            # new name instead of overwriting the first: every image is kept and counted once
+            dest = _unique_dest(to, cls, p, used)
             arc.copy_to(e.name, dest)
-            written.add(dest)
             counts[cls] += 1
         if unlabelled:
             log.warning("%s: %d image(s) lie under no folder named after a cell class; skipped",
@@ -526,11 +589,16 @@ def download_dataset(name: str, to: str | os.PathLike, *, url: str | None = None
         log.info("%s: no published checksum; computed SHA-256 %s is recorded in %s",
                  archive, digest, MANIFEST)
     try:
+        if expected is None:  # nothing vouches for the bytes: decompress everything before unpacking
+            with _Archive(archive) as arc:
+                arc.verify()
         counts = unpack_labelled(archive, to, progress=progress)
     except DownloadError as exc:
         # An unsafe, corrupt or wrong archive does not get better by retrying the unpacking.
         archive.unlink(missing_ok=True)
-        raise DownloadError(f"{exc} (deleted {archive})") from None
+        text = str(exc).removesuffix("; delete it and download again")
+        raise DownloadError(f"{text}; the archive was deleted: run the command again to download it afresh") \
+            from None
     manifest = {
         "name": src.name,
         "url": src.url,
@@ -547,9 +615,7 @@ def download_dataset(name: str, to: str | os.PathLike, *, url: str | None = None
         "cellbench_version": __version__,
         "complete": True,
     }
-    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    atomic_write(manifest_path, json.dumps(manifest, indent=2) + "\n")
     if not keep_archive:
         archive.unlink()
     log.info("%s: %d images in %d classes unpacked into %s", src.name, manifest["images"], len(counts), to)

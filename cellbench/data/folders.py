@@ -11,8 +11,11 @@ Labelled (the PBC layout)::
 
     ROOT/<class>/<file>
 
-Without ``splits.csv`` a seeded, class-stratified 80/10/10 split is computed once and written
-(when the folder is writable; otherwise it is recomputed identically each time).
+Without ``splits.csv`` a seeded, class-stratified 80/10/10 split is computed (a pure function of
+the items and the seed). It is never written into the dataset folder: a caller may pass its own
+``splits_file`` (a run keeps its split there), otherwise a copy goes to the split cache
+(:func:`cellbench.data.splits.split_cache_path`). Ids are file names without extension, exactly
+as written; a split file with duplicate rows, unknown ids or unknown classes is refused.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..io import is_image_file, read_image, read_mask
 from ..tensors import center_crop_or_pad, rotate90, to_tensor
 from .classes import canonical_class
 from .sets import LabelledSet, PairedSet
-from .splits import SPLITS, read_splits, stratified_split, write_splits
+from .splits import SPLITS, cache_split, read_split_rows, stratified_split, write_splits
 
 log = logging.getLogger(__name__)
 SPLITS_FILE = "splits.csv"
@@ -83,11 +86,33 @@ def _class_dirs(root: Path, problems: list[Problem]) -> dict[str, list[Path]]:
     return out
 
 
+def _link_problem(link: Path) -> str:
+    """Why a symbolic link does not lead to a file: a loop, a dangling target, or something else."""
+    import errno
+
+    try:
+        link.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if exc.errno == errno.ENOENT:
+            return f"dangling symbolic link (target {os.readlink(link)!r} does not exist)"
+        return f"symbolic link cannot be followed ({exc.strerror})"
+    return "symbolic link to something that is not a file"
+
+
 def _images_by_id(dirs: list[Path], problems: list[Problem]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d in dirs:
         for f in sorted(d.iterdir()):
-            if f.name.startswith(".") or not f.is_file():
+            if f.name.startswith("."):
+                continue
+            if not f.is_file():
+                if f.is_symlink():
+                    problems.append(Problem(str(f), "broken_link", f"{f}: {_link_problem(f)}; fix or remove the link"))
+                elif f.is_dir() and is_image_file(f):
+                    problems.append(Problem(str(f), "not_image", f"{f}: a folder named like an image (ignored); "
+                                            "rename or remove it", "warning"))
                 continue
             if not is_image_file(f):
                 problems.append(Problem(str(f), "not_image", f"{f}: not an image file (ignored)", "warning"))
@@ -100,17 +125,41 @@ def _images_by_id(dirs: list[Path], problems: list[Problem]) -> dict[str, Path]:
     return found
 
 
-def _assign_splits(root: Path, keys: list[tuple[str, str]], seed: int, write: bool,
-                   problems: list[Problem]) -> dict[tuple[str, str], str]:
-    path = root / SPLITS_FILE
+def _assign_splits(root: Path, keys: list[tuple[str, str]], seed: int, problems: list[Problem], *,
+                   splits_file: Path | None = None, cache: bool = True) -> dict[tuple[str, str], str]:
+    """The split of every key: from ``splits_file`` (when given and present), else ``ROOT/splits.csv``
+    (when present), else computed (:func:`stratified_split`).
+
+    A computed split goes to ``splits_file`` when one is given (a run's own copy), otherwise into the
+    split cache keyed by the items and seed (``cache``); never into the dataset folder. Rows of a
+    split file that name no item, duplicate rows and unknown classes are problems of kind ``splits``
+    (errors): the folders refuse to load such a dataset; ``data check`` lists them.
+    """
+    path = splits_file if splits_file is not None and Path(splits_file).exists() else root / SPLITS_FILE
     if path.exists():
-        raw = read_splits(path)
+        try:
+            rows = read_split_rows(path)
+        except DatasetError as exc:
+            problems.append(Problem(str(path), "splits", str(exc)))
+            return stratified_split(keys, seed=seed)
+        known = set(keys)
         splits: dict[tuple[str, str], str] = {}
-        for (cls, ident), split in raw.items():
+        for lineno, cls, ident, split in rows:
             try:
-                splits[(canonical_class(cls, source=str(path)), ident)] = split
+                key = (canonical_class(cls, source=f"{path}:{lineno}"), ident)
             except DatasetError as exc:
-                problems.append(Problem(str(path), "unknown_class", str(exc)))
+                problems.append(Problem(str(path), "splits", str(exc)))
+                continue
+            if key not in known:
+                problems.append(Problem(str(path), "splits", f"{path}:{lineno}: no image with class {key[0]!r} "
+                                        f"and id {ident!r} (ids are file names without extension, exactly as "
+                                        "written); fix or delete the row"))
+                continue
+            if key in splits:
+                problems.append(Problem(str(path), "splits", f"{path}:{lineno}: a second row for class "
+                                        f"{key[0]!r} id {ident!r}; keep one row per item"))
+                continue
+            splits[key] = split
         missing = [k for k in keys if k not in splits]
         if missing:
             problems.append(Problem(str(path), "split_missing",
@@ -120,17 +169,24 @@ def _assign_splits(root: Path, keys: list[tuple[str, str]], seed: int, write: bo
                 splits[k] = "train"
         return splits
     splits = stratified_split(keys, seed=seed)
-    if write and keys:
-        try:
-            write_splits(path, splits)
-            log.info("wrote %s", path)
-        except OSError:
-            log.info("%s is read-only: the split is recomputed (identically) each time", root)
+    if keys and splits_file is not None:
+        write_splits(Path(splits_file), splits)
+        log.info("wrote the split to %s", splits_file)
+    elif keys and cache:
+        cache_split(keys, splits, seed)
     return splits
 
 
-def index_paired(root: str | os.PathLike, *, seed: int = 0, write_split: bool = True,
-                 ) -> tuple[list[PairItem], list[Problem]]:
+def _raise_split_problems(root: Path, problems: list[Problem]) -> None:
+    """A bad split file is always fatal when loading: a wrong split leaks test images into training."""
+    bad = [p for p in problems if p.kind == "splits" and p.severity == "error"]
+    if bad:
+        more = f" (and {len(bad) - 1} more; run `cellbench data check {root}`)" if len(bad) > 1 else ""
+        raise DatasetError(bad[0].message + more)
+
+
+def index_paired(root: str | os.PathLike, *, seed: int = 0, splits_file: str | os.PathLike | None = None,
+                 write_split: bool = True) -> tuple[list[PairItem], list[Problem]]:
     """Index a paired dataset; returns the matched pairs and every problem found (no decoding)."""
     root = Path(root)
     problems: list[Problem] = []
@@ -151,13 +207,14 @@ def index_paired(root: str | os.PathLike, *, seed: int = 0, write_split: bool = 
                                     f"{yi[ident]}: no X image with class {cls!r} and id {ident!r}"))
         for ident in sorted(set(xi) & set(yi)):
             pairs.append((cls, ident, xi[ident], yi[ident], mi.get(ident)))
-    splits = _assign_splits(root, [(c, i) for c, i, *_ in pairs], seed, write_split, problems)
+    splits = _assign_splits(root, [(c, i) for c, i, *_ in pairs], seed, problems,
+                            splits_file=Path(splits_file) if splits_file else None, cache=write_split)
     items = [PairItem(c, i, x, y, m, splits[(c, i)]) for c, i, x, y, m in pairs]
     return items, problems
 
 
-def index_labelled(root: str | os.PathLike, *, seed: int = 0, write_split: bool = True,
-                   ) -> tuple[list[ImageItem], list[Problem]]:
+def index_labelled(root: str | os.PathLike, *, seed: int = 0, splits_file: str | os.PathLike | None = None,
+                   write_split: bool = True) -> tuple[list[ImageItem], list[Problem]]:
     """Index a labelled single-system folder ``ROOT/<class>/<file>``."""
     root = Path(root)
     if not root.is_dir():
@@ -169,7 +226,8 @@ def index_labelled(root: str | os.PathLike, *, seed: int = 0, write_split: bool 
     if not found:
         raise DatasetError(f"{root}: no images found in class sub-folders ROOT/<class>/<file>; "
                            "see README 'Data formats'")
-    splits = _assign_splits(root, [(c, i) for c, i, _ in found], seed, write_split, problems)
+    splits = _assign_splits(root, [(c, i) for c, i, _ in found], seed, problems,
+                            splits_file=Path(splits_file) if splits_file else None, cache=write_split)
     items = sorted((ImageItem(c, i, p, splits[(c, i)]) for c, i, p in found), key=lambda t: (t.cls, t.id))
     return items, problems
 
@@ -206,14 +264,19 @@ class PairedFolder:
         Dataset folder (``X/``, ``Y/``, optional ``masks/`` and ``splits.csv``).
     seed:
         Seed of the split when no ``splits.csv`` exists.
+    splits_file:
+        The caller's own split file (e.g. in a run folder): read when it exists, else the computed
+        split is written there. ``ROOT/splits.csv`` is read when ``splits_file`` does not exist yet.
     strict:
         Raise :class:`DatasetError` on unmatched pairs or unknown classes (otherwise they are logged
         and skipped). ``cellbench data check`` lists everything.
     """
 
-    def __init__(self, root: str | os.PathLike, *, seed: int = 0, strict: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, *, seed: int = 0, strict: bool = True,
+                 splits_file: str | os.PathLike | None = None) -> None:
         self.root = Path(root)
-        self.items, self.problems = index_paired(self.root, seed=seed)
+        self.items, self.problems = index_paired(self.root, seed=seed, splits_file=splits_file)
+        _raise_split_problems(self.root, self.problems)
         errors = [p for p in self.problems if p.severity == "error"]
         if errors and strict:
             shown = "; ".join(p.message for p in errors[:3])
@@ -267,9 +330,11 @@ class PairedFolder:
 class LabelledFolder:
     """A labelled single-system folder ``ROOT/<class>/<file>`` (for example PBC)."""
 
-    def __init__(self, root: str | os.PathLike, *, seed: int = 0, strict: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, *, seed: int = 0, strict: bool = False,
+                 splits_file: str | os.PathLike | None = None) -> None:
         self.root = Path(root)
-        self.items, self.problems = index_labelled(self.root, seed=seed)
+        self.items, self.problems = index_labelled(self.root, seed=seed, splits_file=splits_file)
+        _raise_split_problems(self.root, self.problems)
         errors = [p for p in self.problems if p.severity == "error"]
         if errors and strict:
             raise DatasetError(f"{self.root}: {len(errors)} problem(s): {errors[0].message}. "

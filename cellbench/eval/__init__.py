@@ -1,1 +1,1 @@
-"""Evaluation: the WBC classifier, metrics, colour statistics, realism, profiling."""
+"""Evaluation: metrics, colour statistics, realism, profiling (the WBC classifier: :mod:`cellbench.nets.classifier`)."""

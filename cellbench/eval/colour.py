@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.masks import BACKGROUND, CYTOPLASM, GRANULES, NUCLEUS, RED_CELL, WBC_LABELS
-from .image import _pair, as_masks, ciede2000, rgb_to_lab, single_threaded_torch
+from .image import as_masks, as_pair, ciede2000, rgb_to_lab, single_threaded_torch
 
 __all__ = ["REGIONS", "CHANNELS", "ColourStat", "ColourAccumulator", "colour_stats"]
 
@@ -105,7 +105,7 @@ def colour_stats(
         cell types in sorted order; regions in the order of :data:`REGIONS`. Means in CIELAB
         units (L* in [0, 100]); standard deviations are population (ddof=0) over pooled pixels.
     """
-    p, t = _pair(pred, target)
+    p, t = as_pair(pred, target)
     n, _, h, w = p.shape
     acc = ColourAccumulator(masks, labels, (n, h, w), seed=seed, samples_per_image=samples_per_image,
                             max_samples=max_samples)

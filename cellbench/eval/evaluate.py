@@ -1,22 +1,10 @@
-"""Turn a method's outputs into result records: every paired metric, McNemar, realism, speed.
+"""Turn a method's outputs into result records: paired metrics, agreement, McNemar, realism, speed.
 
 The functions here glue the pure metrics (:mod:`.image`, :mod:`.colour`, :mod:`.agreement`,
-:mod:`.realism`, :mod:`.profiling`) to the results schema (:class:`cellbench.results.Record`)
-with the names, regions and units of ``docs/run-folder.md``; every record's
-``higher_is_better`` comes from :data:`cellbench.eval.metrics.METRICS`.
-
-Typical use (the benchmark runner)::
-
-    y_pred = clf.predict(test.y)                      # once, cached
-    masks = region_masks(test, seed=0)                # dataset masks, else segmentation of y
-    recs = []
-    for name, out in outputs.items():                 # out = normalizer.transform(test.x)
-        g_pred = clf.predict(out)
-        recs += evaluate_paired(name, out, test, run=run, classifier=clf, y_pred=y_pred,
-                                g_pred=g_pred, masks=masks)
-        correct[name] = (g_pred == y_pred).numpy()
-    recs += ceiling_records(run, test, y_pred=y_pred, y2_pred=clf.predict(test.y2), classes=clf.classes)
-    recs += mcnemar_records(run, correct)
+:mod:`.realism`, :mod:`.profiling`) to the results schema; every record is made by
+:func:`cellbench.eval.metrics.make_record`, so unit and direction come from the metric registry.
+The benchmark runner (:mod:`cellbench.bench.runner`) calls them once per method and stage; names,
+regions and units are those of ``docs/run-folder.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +21,7 @@ import torch
 from ..data.sets import PairedSet
 from ..results import Record
 from .agreement import Proportion, mcnemar_exact, per_class, proportion
-from .metrics import METRICS
+from .metrics import make_record
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +31,18 @@ __all__ = [
     "image_records",
     "colour_records",
     "agreement_records",
-    "ceiling_records",
+    "proportion_records",
     "classifier_records",
     "mcnemar_records",
     "realism_records",
     "speed_records",
+    "fit_records",
+    "passthrough_records",
+    "accuracy_gain_records",
+    "unpaired_colour_records",
 ]
 
 IMAGE_METRICS = ("psnr", "ssim", "ciede2000_mean", "ciede2000_p95")
-
-
-def _rec(run: str, method: str, metric: str, value: float, **kw: Any) -> Record:
-    spec = METRICS.get(metric)
-    return Record(
-        run=run, method=method, metric=metric, value=float(value), unit=spec.unit,
-        higher_is_better=spec.higher_is_better, **kw,
-    )
 
 
 def _cell_types(labels: Sequence[str]) -> list[str]:
@@ -121,7 +105,7 @@ def region_masks(data: PairedSet, *, seed: int = 0) -> torch.Tensor | None:
 
 def image_records(
     run: str, method: str, per_image: Mapping[str, Mapping[str, np.ndarray]], labels: Sequence[str],
-    *, split: str = "test",
+    *, split: str = "test", role: str = "method",
 ) -> list[Record]:
     """Mean (and 95 % t-interval) of per-image metrics, per region and cell type.
 
@@ -138,34 +122,34 @@ def image_records(
                 mean, lo, hi, n = _mean_ci(sel)
                 if n == 0:
                     continue
-                recs.append(_rec(run, method, metric, mean, split=split, cell_type=ct, n=n,
-                                 ci_low=lo, ci_high=hi, region=region))
+                recs.append(make_record(run, method, metric, mean, split=split, cell_type=ct, n=n,
+                                        ci_low=lo, ci_high=hi, region=region, role=role))
     return recs
 
 
-def colour_records(run: str, method: str, stats, *, split: str = "test") -> list[Record]:
+def colour_records(run: str, method: str, stats, *, split: str = "test", role: str = "method") -> list[Record]:
     """Records of :func:`cellbench.eval.colour.colour_stats` (means/stds carry ``extra.target``)."""
     recs = []
     for s in stats:
-        kw = dict(split=split, cell_type=s.cell_type, region=s.region, n=s.n_images)
+        kw = dict(split=split, cell_type=s.cell_type, region=s.region, n=s.n_images, role=role)
         for i, ch in enumerate(("L", "a", "b")):
             px = s.n_pixels
-            recs.append(_rec(run, method, f"lab_{ch}_mean", s.mean[i],
+            recs.append(make_record(run, method, f"lab_{ch}_mean", s.mean[i],
                              extra={"target": float(s.target_mean[i]), "pixels": px}, **kw))
-            recs.append(_rec(run, method, f"lab_{ch}_std", s.std[i],
+            recs.append(make_record(run, method, f"lab_{ch}_std", s.std[i],
                              extra={"target": float(s.target_std[i]), "pixels": px}, **kw))
-        recs.append(_rec(run, method, "colour_delta_e", s.delta_e, extra={"pixels": s.n_pixels}, **kw))
+        recs.append(make_record(run, method, "colour_delta_e", s.delta_e, extra={"pixels": s.n_pixels}, **kw))
         for i, ch in enumerate(("L", "a", "b")):
             if np.isfinite(s.w1[i]):
-                recs.append(_rec(run, method, f"w1_{ch}", s.w1[i], extra={"samples": s.n_samples}, **kw))
+                recs.append(make_record(run, method, f"w1_{ch}", s.w1[i], extra={"samples": s.n_samples}, **kw))
     return recs
 
 
 def _prop_record(run: str, method: str, metric: str, p: Proportion, *, split: str, cell_type: str,
-                 extra: dict | None = None) -> Record:
+                 extra: dict | None = None, role: str = "method") -> Record:
     v, lo, hi = p.percent()
-    return _rec(run, method, metric, v, split=split, cell_type=cell_type, n=p.n, ci_low=lo, ci_high=hi,
-                region="all", extra={"k": p.k, **(extra or {})})
+    return make_record(run, method, metric, v, split=split, cell_type=cell_type, n=p.n, ci_low=lo, ci_high=hi,
+                       region="all", extra={"k": p.k, **(extra or {})}, role=role)
 
 
 def _as_np(a) -> np.ndarray:
@@ -174,20 +158,32 @@ def _as_np(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def proportion_records(
+    run: str, method: str, metric: str, success, labels: Sequence[str], *, split: str = "test",
+    role: str = "method", extra: dict | None = None,
+) -> list[Record]:
+    """``metric`` = percent of ``success`` (``(N,)`` bool), overall and per class of ``labels``, with 95 %
+    Wilson intervals (:func:`cellbench.eval.agreement.proportion`); ``extra`` goes on the overall row."""
+    ok = np.asarray(_as_np(success), dtype=bool).ravel()
+    if len(ok) != len(labels):
+        raise ValueError(f"{method}: {len(ok)} outcomes for {len(labels)} labels")
+    recs = [_prop_record(run, method, metric, proportion(ok), split=split, cell_type="all", extra=extra,
+                         role=role)]
+    for ct, p in per_class(ok, labels).items():
+        recs.append(_prop_record(run, method, metric, p, split=split, cell_type=ct, role=role))
+    return recs
+
+
 def agreement_records(
     run: str, method: str, pred_a, pred_b, labels: Sequence[str], *, metric: str = "agreement",
-    split: str = "test",
+    split: str = "test", role: str = "method",
 ) -> list[Record]:
     """``metric`` (agreement or accuracy) = percent of ``pred_a == pred_b``, overall and per true class,
     with 95 % Wilson CIs (percent)."""
     a, b = _as_np(pred_a), _as_np(pred_b)
     if a.shape != b.shape or a.ndim != 1 or len(a) != len(labels):
         raise ValueError(f"{method}: predictions {a.shape}, {b.shape} and {len(labels)} labels do not match")
-    ok = a == b
-    recs = [_prop_record(run, method, metric, proportion(ok), split=split, cell_type="all")]
-    for ct, p in per_class(ok, labels).items():
-        recs.append(_prop_record(run, method, metric, p, split=split, cell_type=ct))
-    return recs
+    return proportion_records(run, method, metric, a == b, labels, split=split, role=role)
 
 
 def _label_indices(labels: Sequence[str], classes: Sequence[str], what: str,
@@ -203,41 +199,19 @@ def _label_indices(labels: Sequence[str], classes: Sequence[str], what: str,
     return idx, known
 
 
-def _accuracy_records(run, method, pred, labels, classes, split) -> list[Record]:
+def _accuracy_records(run, method, pred, labels, classes, split, role="method") -> list[Record]:
     idx, known = _label_indices(labels, classes, method)
     if not known.any():
         return []
     lab = [lb for lb, k in zip(labels, known, strict=True) if k]
     pred = _as_np(pred)[known]
-    return agreement_records(run, method, pred, idx[known], lab, metric="accuracy", split=split)
+    return agreement_records(run, method, pred, idx[known], lab, metric="accuracy", split=split, role=role)
 
 
 def classifier_records(run: str, y_pred, labels: Sequence[str], classes: Sequence[str], *,
                        split: str = "test") -> list[Record]:
-    """The classifier's own accuracy on real y (method ``"classifier"``), overall and per class."""
-    return _accuracy_records(run, "classifier", y_pred, list(labels), list(classes), split)
-
-
-def ceiling_records(
-    run: str, data: PairedSet, *, classifier=None, y_pred=None, y2_pred=None,
-    classes: Sequence[str] | None = None, split: str = "test",
-) -> list[Record]:
-    """The ceiling (method ``"ceiling"``): agreement of the classifier on y and on a second rendering
-    y2 of the same scenes (no method can do better than the renderer's own noise), overall and per
-    class, plus its accuracy on y2. Empty when the data has no y2 and no ``y2_pred`` is given."""
-    if y2_pred is None:
-        if data.y2 is None or classifier is None:
-            return []
-        y2_pred = classifier.predict(data.y2)
-    if y_pred is None:
-        if classifier is None:
-            raise ValueError("ceiling_records needs y_pred or a classifier")
-        y_pred = classifier.predict(data.y)
-    recs = agreement_records(run, "ceiling", y2_pred, y_pred, data.labels, split=split)
-    classes = classes if classes is not None else getattr(classifier, "classes", None)
-    if classes is not None:
-        recs += _accuracy_records(run, "ceiling", y2_pred, data.labels, list(classes), split)
-    return recs
+    """The classifier's own accuracy on real y (reference row ``"classifier"``), overall and per class."""
+    return _accuracy_records(run, "classifier", y_pred, list(labels), list(classes), split, role="reference")
 
 
 # --------------------------------------------------------------------------- the paired evaluation
@@ -251,13 +225,13 @@ def evaluate_paired(
     run: str,
     classifier=None,
     y_pred=None,
-    y2_pred=None,
     g_pred=None,
     masks: torch.Tensor | None = None,
     seed: int = 0,
     split: str = "test",
     classes: Sequence[str] | None = None,
     colour_samples_per_image: int = 4096,
+    role: str = "method",
 ) -> list[Record]:
     """Every paired metric of one method on a test set.
 
@@ -272,14 +246,17 @@ def evaluate_paired(
         The test :class:`~cellbench.data.sets.PairedSet` (``data.y`` is the reference).
     classifier:
         Optional WBC classifier with ``.predict(images) -> LongTensor`` and ``.classes``.
-    y_pred, y2_pred, g_pred:
-        Cached class predictions on ``data.y``, ``data.y2`` and ``outputs`` (computed with
-        ``classifier`` when missing and a classifier is given).
+    y_pred, g_pred:
+        Cached class predictions on ``data.y`` and ``outputs`` (computed with ``classifier`` when
+        missing and a classifier is given).
     masks:
         ``(N, H, W)`` region labels of ``data.y``; default: :func:`region_masks` (dataset masks,
         else segmentation of y). Pass them to avoid re-segmenting for every method.
     seed:
         Seeds the pixel subsample of the Wasserstein distances and the segmentation fallback.
+    role:
+        ``"method"``, or ``"reference"`` for the ceiling (a second rendering y2 of the scenes as
+        ``outputs``: no method can do better than the renderer's own noise).
 
     Returns
     -------
@@ -288,8 +265,7 @@ def evaluate_paired(
         cell type and ``all``; 95 % t-intervals over images); colour statistics (``lab_*``,
         ``colour_delta_e``, ``w1_*``; regions nucleus, cytoplasm, red_cell, background, wbc); with
         predictions: ``agreement`` and ``accuracy`` in percent with 95 % Wilson CIs, overall and per
-        class; with ``y2_pred`` given: the ``"ceiling"`` records too (pass it in one call only, or use
-        :func:`ceiling_records`).
+        class.
     """
     from .colour import ColourAccumulator
     from .image import image_metrics
@@ -307,9 +283,9 @@ def evaluate_paired(
         acc = ColourAccumulator(masks, labels, (len(y), y.shape[-2], y.shape[-1]), seed=seed,
                                 samples_per_image=colour_samples_per_image)
     per_image = image_metrics(out, y, masks=masks, lab_hook=None if acc is None else acc.update)
-    recs += image_records(run, method, per_image, labels, split=split)
+    recs += image_records(run, method, per_image, labels, split=split, role=role)
     if acc is not None:
-        recs += colour_records(run, method, acc.result(), split=split)
+        recs += colour_records(run, method, acc.result(), split=split, role=role)
 
     classes = list(classes) if classes is not None else list(getattr(classifier, "classes", []) or [])
     if g_pred is None and classifier is not None:
@@ -317,12 +293,9 @@ def evaluate_paired(
     if y_pred is None and classifier is not None:
         y_pred = classifier.predict(data.y)
     if g_pred is not None and y_pred is not None:
-        recs += agreement_records(run, method, g_pred, y_pred, labels, split=split)
+        recs += agreement_records(run, method, g_pred, y_pred, labels, split=split, role=role)
     if g_pred is not None and classes:
-        recs += _accuracy_records(run, method, g_pred, labels, classes, split)
-    if y2_pred is not None:
-        recs += ceiling_records(run, data, y_pred=y_pred, y2_pred=y2_pred, classes=classes or None,
-                                split=split)
+        recs += _accuracy_records(run, method, g_pred, labels, classes, split, role)
     return recs
 
 
@@ -355,7 +328,7 @@ def mcnemar_records(run: str, per_method_correct: Mapping[str, np.ndarray], *, s
     recs = []
     for a, b in itertools.permutations(names, 2):
         r = mcnemar_exact(arrays[a], arrays[b])
-        recs.append(_rec(run, a, "mcnemar_p", r.pvalue, split=split, n=sizes[a],
+        recs.append(make_record(run, a, "mcnemar_p", r.pvalue, split=split, n=sizes[a],
                          extra={"vs": b, "statistic": r.statistic, "b": r.b, "c": r.c, "basis": basis}))
     return recs
 
@@ -393,17 +366,17 @@ def realism_records(
     recs = []
     if real is not None and fake is not None:
         r = c2st(real, fake, seed=seed, **dict(c2st_kwargs or {}))
-        recs.append(_rec(run, method, "c2st_accuracy", r.accuracy, split=split, n=r.n_test, ci_low=r.ci_low,
+        recs.append(make_record(run, method, "c2st_accuracy", r.accuracy, split=split, n=r.n_test, ci_low=r.ci_low,
                          ci_high=r.ci_high,
                          extra={"n_train": r.n_train, "epochs": r.epochs, "size": r.size}))
     if real_features is not None and fake_features is not None:
         n = min(len(real_features), len(fake_features))
         d = int(np.shape(real_features)[1])
-        recs.append(_rec(run, method, "fid", fid(real_features, fake_features), split=split, n=n,
+        recs.append(make_record(run, method, "fid", fid(real_features, fake_features), split=split, n=n,
                          extra={"dims": d}))
         mean, std, s = kid(real_features, fake_features, subset_size=kid_subset_size, n_subsets=kid_subsets,
                            seed=seed)
-        recs.append(_rec(run, method, "kid", mean, split=split, n=n,
+        recs.append(make_record(run, method, "kid", mean, split=split, n=n,
                          extra={"kid_std": std, "subset_size": s, "subsets": kid_subsets, "dims": d}))
     return recs
 
@@ -413,13 +386,76 @@ def speed_records(run: str, method: str, profile: Mapping[str, Any], *, split: s
     base = {"device": profile.get("device"), "device_name": profile.get("device_name"),
             "image_size": profile.get("image_size"), "truncated": profile.get("truncated", False)}
     recs = [
-        _rec(run, method, "latency_ms_b1", profile["latency_ms_b1"], split=split,
+        make_record(run, method, "latency_ms_b1", profile["latency_ms_b1"], split=split,
              n=profile.get("n_latency", 0), extra=dict(base)),
-        _rec(run, method, "latency_ms_b1_p90", profile["latency_ms_b1_p90"], split=split,
+        make_record(run, method, "latency_ms_b1_p90", profile["latency_ms_b1_p90"], split=split,
              n=profile.get("n_latency", 0), extra=dict(base)),
-        _rec(run, method, "throughput_ips", profile["throughput_ips"], split=split,
+        make_record(run, method, "throughput_ips", profile["throughput_ips"], split=split,
              extra={**base, "batch_size": profile.get("batch_size"),
                     "by_batch": {str(k): v for k, v in (profile.get("throughput_by_batch") or {}).items()}}),
-        _rec(run, method, "peak_mem_mb", profile["peak_mem_mb"], split=split, extra=dict(base)),
+        make_record(run, method, "peak_mem_mb", profile["peak_mem_mb"], split=split, extra=dict(base)),
     ]
     return recs
+
+
+def fit_records(run: str, method: str, seconds: float, *, n: int) -> list[Record]:
+    """``fit_seconds``: wall-clock time to fit the method on ``n`` training images."""
+    return [make_record(run, method, "fit_seconds", seconds, split="train", n=n)]
+
+
+def passthrough_records(run: str, method: str, count: int, *, n: int, split: str = "test") -> list[Record]:
+    """``passthrough_images``: test images the method returned unchanged (its ``passthrough_count``)."""
+    return [make_record(run, method, "passthrough_images", count, split=split, n=n)]
+
+
+def accuracy_gain_records(run: str, accuracy: Mapping[str, Record], *, baseline: str = "identity") -> list[Record]:
+    """``accuracy_gain`` (percentage points) of each method's overall accuracy over ``baseline``'s."""
+    base = accuracy[baseline].value
+    return [make_record(run, m, "accuracy_gain", r.value - base, n=r.n, extra={"baseline": f"{baseline} (raw X)"})
+            for m, r in accuracy.items()]
+
+
+def unpaired_colour_records(run: str, method: str, outputs: torch.Tensor, out_labels: Sequence[str],
+                            target: torch.Tensor, target_labels: Sequence[str], *, seed: int = 0,
+                            samples: int = 20000) -> list[Record]:
+    """Colour statistics of G(x) against Y when nothing is paired.
+
+    Each side is segmented on its own (:class:`cellbench.segmentation.ColourSegmenter`, fitted on
+    that side's images); per cell type present on both sides (and ``"all"``) and per region,
+    pixels are pooled, and we report the CIEDE2000 between the mean CIELAB colours
+    (``colour_delta_e``) and the Wasserstein-1 distance of each channel (``w1_L``, ``w1_a``,
+    ``w1_b``, on a seeded subsample of ``samples`` pixels per side).
+    """
+    from scipy.stats import wasserstein_distance
+
+    from ..segmentation import ColourSegmenter
+    from .colour import REGIONS
+    from .image import ciede2000, rgb_to_lab
+
+    rng = np.random.default_rng(seed)
+    sides = []
+    for imgs, labels in ((outputs, out_labels), (target, target_labels)):
+        masks = ColourSegmenter().fit(imgs, seed=seed).predict(imgs).numpy()
+        lab = rgb_to_lab(imgs.float()).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
+        sides.append((lab, masks, np.asarray(labels)))
+    records: list[Record] = []
+    for ct in ["all", *sorted(set(out_labels) & set(target_labels))]:
+        for region, values in REGIONS.items():
+            px = []
+            for lab, masks, labels in sides:
+                sel = np.ones(len(labels), bool) if ct == "all" else labels == ct
+                px.append(lab[sel][np.isin(masks[sel], values)])
+            if min(len(px[0]), len(px[1])) < 50:
+                continue
+            means = [p.mean(axis=0) for p in px]
+            de = float(ciede2000(torch.tensor(means[0]).view(1, 3), torch.tensor(means[1]).view(1, 3), dim=1)[0])
+            kw = dict(cell_type=ct, region=region, n=int(sum(1 for lb in out_labels if ct in ("all", lb))))
+            records.append(make_record(run, method, "colour_delta_e", de, **kw, extra={
+                "pixels": int(len(px[0])), "target_pixels": int(len(px[1])), "unpaired": True}))
+            sub = [p[rng.choice(len(p), size=min(samples, len(p)), replace=False)] for p in px]
+            for i, ch in enumerate("Lab"):
+                records.append(make_record(run, method, f"lab_{ch}_mean", float(means[0][i]),
+                                           extra={"target": float(means[1][i])}, **kw))
+                records.append(make_record(run, method, f"w1_{ch}",
+                                           float(wasserstein_distance(sub[0][:, i], sub[1][:, i])), **kw))
+    return records

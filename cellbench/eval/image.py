@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..colourspace import ciede2000, rgb_to_lab
 from ..data.masks import WBC_LABELS
 
 __all__ = [
@@ -59,14 +60,6 @@ SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-
-# sRGB (D65) -> XYZ matrix and D65 2-degree white of skimage.color.colorconv (same values).
-_XYZ_FROM_RGB = (
-    (0.412453, 0.357580, 0.180423),
-    (0.212671, 0.715160, 0.072169),
-    (0.019334, 0.119193, 0.950227),
-)
-_D65_WHITE = (0.95047, 1.0, 1.08883)
 
 _DTYPE = torch.float64
 
@@ -138,7 +131,8 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(s, min(s + size, n))
 
 
-def _pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
+def as_pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pred`` and ``target`` as float64 ``(N, 3, H, W)`` batches of one shape (``ValueError`` otherwise)."""
     p, t = as_images(pred, "pred"), as_images(target, "target")
     if p.shape != t.shape:
         raise ValueError(f"pred {tuple(p.shape)} and target {tuple(t.shape)} differ in shape")
@@ -171,7 +165,7 @@ def psnr(pred, target, *, masks=None, data_range: float = 1.0, chunk: int = 4) -
     numpy.ndarray
         ``(N,)`` float64, dB.
     """
-    p, t = _pair(pred, target)
+    p, t = as_pair(pred, target)
     m = as_masks(masks, len(p), tuple(p.shape[-2:]))
     regions = [m if m is None else region_mask(m)]
     res = _metrics(p, t, regions, which=("psnr",), chunk=chunk, data_range=data_range)
@@ -216,7 +210,7 @@ def ssim_map(pred, target, *, data_range: float = 1.0) -> np.ndarray:
     Equals the channel mean of ``structural_similarity(..., full=True)[1]`` (borders use scipy's
     ``reflect`` mode, i.e. half-sample symmetric padding).
     """
-    p, t = _pair(pred, target)
+    p, t = as_pair(pred, target)
     return _ssim_full_map(p, t, data_range=data_range).mean(1)
 
 
@@ -239,7 +233,7 @@ def ssim(pred, target, *, masks=None, data_range: float = 1.0, chunk: int = 4) -
     numpy.ndarray
         ``(N,)`` float64 in [-1, 1] (1 = identical).
     """
-    p, t = _pair(pred, target)
+    p, t = as_pair(pred, target)
     m = as_masks(masks, len(p), tuple(p.shape[-2:]))
     regions = [m if m is None else region_mask(m)]
     res = _metrics(p, t, regions, which=("ssim",), chunk=chunk, data_range=data_range)
@@ -247,91 +241,6 @@ def ssim(pred, target, *, masks=None, data_range: float = 1.0, chunk: int = 4) -
 
 
 # --------------------------------------------------------------------------- CIELAB and CIEDE2000
-
-
-def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
-    """sRGB ``(N, 3, H, W)`` in [0, 1] -> CIELAB ``(N, 3, H, W)`` float64 (D65, 2 degree observer).
-
-    Same formulas and constants as ``skimage.color.rgb2lab``: sRGB decoding (threshold 0.04045,
-    exponent 2.4), the sRGB->XYZ matrix, white (0.95047, 1, 1.08883), the CIE cube root with the
-    linear segment below 0.008856 (slope 7.787, offset 16/116). L in [0, 100].
-    """
-    x = as_images(images).to(_DTYPE)
-    lin = torch.where(x > 0.04045, ((x + 0.055) / 1.055).pow(2.4), x / 12.92)
-    mat = torch.tensor(_XYZ_FROM_RGB, dtype=_DTYPE, device=x.device)
-    white = torch.tensor(_D65_WHITE, dtype=_DTYPE, device=x.device).view(1, 3, 1, 1)
-    xyz = torch.einsum("ij,njhw->nihw", mat, lin) / white
-    f = torch.where(xyz > 0.008856, xyz.pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
-    fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
-    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
-
-
-def ciede2000(lab1: torch.Tensor | np.ndarray, lab2: torch.Tensor | np.ndarray, *, dim: int = 1,
-              ) -> torch.Tensor:
-    """CIEDE2000 colour difference (Sharma et al. 2005, eqs. 1-22; kL = kC = kH = 1).
-
-    A vectorized port of ``skimage.color.deltaE_ciede2000`` (including its hue conventions:
-    hue in [0, 2 pi), zero hue difference and summed mean hue where a chroma is zero), using
-    in-place float64 operations; agrees with skimage to ~1e-12.
-
-    Parameters
-    ----------
-    lab1, lab2:
-        CIELAB arrays with the L, a, b channels along ``dim`` (default 1, i.e. ``(N, 3, H, W)``);
-        numpy inputs are accepted (e.g. ``(..., 3)`` with ``dim=-1``).
-
-    Returns
-    -------
-    torch.Tensor
-        float64, the input shape without ``dim``.
-    """
-    l1 = torch.as_tensor(lab1).to(_DTYPE)
-    l2 = torch.as_tensor(lab2).to(_DTYPE)
-    L1, a1, b1 = l1.unbind(dim)[:3]
-    L2, a2, b2 = l2.unbind(dim)[:3]
-    two_pi = 2 * math.pi
-    p25_7 = 25.0**7
-    cbar = (torch.hypot(a1, b1) + torch.hypot(a2, b2)).mul_(0.5)
-    c7 = cbar.pow_(7)
-    scale = (c7 / (c7 + p25_7)).sqrt_().neg_().add_(1).mul_(0.5).add_(1)
-    a1s, a2s = a1 * scale, a2 * scale
-    C1, C2 = torch.hypot(a1s, b1), torch.hypot(a2s, b2)
-    h1 = torch.atan2(b1, a1s)
-    h1 = torch.where(h1 < 0, h1 + two_pi, h1)
-    h2 = torch.atan2(b2, a2s)
-    h2 = torch.where(h2 < 0, h2 + two_pi, h2)
-    tmp = (L1 + L2).mul_(0.5).sub_(50).square_()
-    SL = (tmp * 0.015).div_((tmp + 20).sqrt_()).add_(1)
-    L_term = (L2 - L1).div_(SL)
-    cbar = (C1 + C2).mul_(0.5)
-    C_term = (C2 - C1).div_(cbar * 0.045 + 1)
-    h_diff = h2 - h1
-    h_sum = h1 + h2
-    CC = C1 * C2
-    zero = CC == 0.0
-    gt = h_diff > math.pi
-    lt = h_diff < -math.pi
-    dH = torch.where(gt, h_diff - two_pi, torch.where(lt, h_diff + two_pi, h_diff))
-    dH = dH.masked_fill_(zero, 0.0)
-    dH_term = CC.sqrt().mul_(2).mul_(dH.mul_(0.5).sin_())
-    wrap = (gt | lt) & ~zero
-    hbar = torch.where(wrap, torch.where(h_sum < two_pi, h_sum + two_pi, h_sum - two_pi), h_sum)
-    hbar = torch.where(zero, hbar, hbar * 0.5)
-    # T (eq. 15) through multiple-angle identities: one cos and one sin of hbar instead of four cos
-    c, s = torch.cos(hbar), torch.sin(hbar)
-    c2, s2 = 2 * c * c - 1, 2 * s * c
-    c3, s3 = c * (4 * c * c - 3), s * (3 - 4 * s * s)
-    c4, s4 = 2 * c2 * c2 - 1, 2 * s2 * c2
-    r30, r6, r63 = math.radians(30), math.radians(6), math.radians(63)
-    T = (1 - 0.17 * (c * math.cos(r30) + s * math.sin(r30)) + 0.24 * c2
-         + 0.32 * (c3 * math.cos(r6) - s3 * math.sin(r6)) - 0.20 * (c4 * math.cos(r63) + s4 * math.sin(r63)))
-    H_term = dH_term.div_(T.mul_(cbar).mul_(0.015).add_(1))
-    c7 = cbar.pow(7)
-    Rc = (c7 / (c7 + p25_7)).sqrt_().mul_(2)
-    dtheta = (torch.rad2deg(hbar).sub_(275).div_(25).square_().neg_().exp_()).mul_(math.radians(30))
-    R_term = dtheta.mul_(2).sin_().neg_().mul_(Rc).mul_(C_term).mul_(H_term)
-    dE2 = L_term.square_().add_(C_term.square_()).add_(H_term.square_()).add_(R_term)
-    return dE2.clamp_(min=0).sqrt_()
 
 
 def _percentile(v: torch.Tensor, q: float) -> torch.Tensor:
@@ -363,7 +272,7 @@ def ciede2000_stats(pred, target, *, masks=None, q: float = 95.0, chunk: int = 4
     dict
         ``{"mean": (N,), "p95": (N,)}`` float64 arrays (CIEDE2000 units).
     """
-    p, t = _pair(pred, target)
+    p, t = as_pair(pred, target)
     m = as_masks(masks, len(p), tuple(p.shape[-2:]))
     res = _metrics(p, t, [m if m is None else region_mask(m)], which=("ciede",), chunk=chunk, q=q)
     return {"mean": res[0]["ciede2000_mean"], "p95": res[0]["ciede2000_p95"]}
@@ -520,7 +429,7 @@ def image_metrics(
         Threads processing chunks of ``chunk`` images (default: up to 2); torch runs single-threaded
         meanwhile and its thread count is restored afterwards.
     """
-    p, t = _pair(pred, target)
+    p, t = as_pair(pred, target)
     n, _, h, w = p.shape
     m = as_masks(masks, n, (h, w))
     regions = [None] if m is None else [None, region_mask(m, wbc_labels)]

@@ -1,14 +1,17 @@
 """The metric registry: every metric name of the results, with its direction and unit.
 
-Direction lives with the metric (cf. pyiqa's ``lower_better``), so the report ranks methods and
-marks the best value of each column without special cases::
+Direction lives with the metric (cf. pyiqa's ``lower_better``, torchmetrics' ``higher_is_better``),
+so the report ranks methods and marks the best value of each column without special cases. Every
+record is made here, through :func:`make_record`, which fills unit and direction from the
+registry; :func:`cellbench.results.save_results` refuses metrics that are not registered::
 
-    from cellbench.eval.metrics import METRICS, higher_is_better
+    from cellbench.eval.metrics import METRICS, make_record
     METRICS.get("ciede2000_mean").higher_is_better   # False
-    higher_is_better("agreement")                     # True
+    make_record("run", "hm", "psnr", 31.2, region="wbc", n=80)   # unit "dB", higher is better
 
-Importing this module is cheap (no numpy/torch/scipy): each ``fn`` is a lazy reference that
-imports its implementation on first call. Names follow ``docs/run-folder.md``.
+Importing this module is cheap (no numpy/torch/scipy): ``source`` names the implementing function
+as ``"module:attribute"``, imported by :meth:`MetricSpec.function` on demand. Names follow
+``docs/run-folder.md``.
 """
 
 from __future__ import annotations
@@ -19,53 +22,39 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..registry import Registry
+from ..results import Record
 
-__all__ = ["MetricSpec", "METRICS", "LazyFunction", "higher_is_better", "metric_unit"]
+__all__ = ["MetricSpec", "METRICS", "higher_is_better", "make_record", "reference_record"]
 
-MetricKind = Literal["paired", "distribution", "classifier", "per_cell_type", "speed"]
-
-
-class LazyFunction:
-    """A ``"module:attribute"`` reference, imported on first call (keeps this module light)."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self._fn: Callable[..., Any] | None = None
-
-    def resolve(self) -> Callable[..., Any]:
-        if self._fn is None:
-            module, _, attr = self.target.partition(":")
-            self._fn = getattr(importlib.import_module(module), attr)
-        return self._fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve()(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"LazyFunction({self.target!r})"
+MetricKind = Literal["paired", "distribution", "classifier", "per_cell_type", "speed", "diagnostic"]
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric: name, the function computing it, its kind, direction and unit.
+    """One metric: name, where it is computed, its kind, direction and unit.
 
     ``higher_is_better`` is ``None`` for figures that are not quality scores (a colour mean, a
     p-value): the report shows them but does not rank by them.
     """
 
     name: str
-    fn: Callable[..., Any]
+    source: str
     kind: MetricKind
     higher_is_better: bool | None
     unit: str = ""
     description: str = ""
 
+    def function(self) -> Callable[..., Any]:
+        """The function computing the metric (imported on first use)."""
+        module, _, attr = self.source.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
 
 METRICS: Registry[MetricSpec] = Registry("metric")
 
 
-def _add(name: str, fn: str, kind: MetricKind, hib: bool | None, unit: str, description: str) -> None:
-    METRICS.add(name, MetricSpec(name, LazyFunction(fn), kind, hib, unit, description), description)
+def _add(name: str, source: str, kind: MetricKind, hib: bool | None, unit: str, description: str) -> None:
+    METRICS.add(name, MetricSpec(name, source, kind, hib, unit, description), description)
 
 
 _E = "cellbench.eval."
@@ -75,6 +64,8 @@ _add("agreement", _E + "agreement:agreement", "classifier", True, "%",
      "Same-class agreement: classifier(G(x)) == classifier(y), percent of test pairs (paper sec. 6)")
 _add("accuracy", _E + "agreement:accuracy", "classifier", True, "%",
      "Classifier accuracy on G(x) against the true labels, percent")
+_add("accuracy_gain", _E + "agreement:accuracy", "classifier", True, "pp",
+     "Cross-system track: accuracy on G(x) minus accuracy on the raw X images, percentage points")
 _add("mcnemar_p", _E + "agreement:mcnemar_exact", "classifier", None, "",
      "Exact McNemar test p-value between two methods' per-pair agreement (two-sided)")
 
@@ -120,12 +111,28 @@ _add("peak_mem_mb", _E + "profiling:profile_normalizer", "speed", False, "MiB",
 _add("fit_seconds", "time:perf_counter", "speed", False, "s",
      "Wall-clock time to fit or train the method")
 
+# robustness
+_add("passthrough_images", "cellbench.methods.base:Normalizer", "diagnostic", False, "images",
+     "Test images the method returned unchanged because it failed on them (Normalizer.passthrough_count)")
+
 
 def higher_is_better(metric: str) -> bool | None:
     """Direction of a registered metric (``ConfigError`` with "did you mean" for unknown names)."""
     return METRICS.get(metric).higher_is_better
 
 
-def metric_unit(metric: str) -> str:
-    """Unit of a registered metric."""
-    return METRICS.get(metric).unit
+def make_record(run: str, method: str, metric: str, value: float, *, role: str = "method", **fields: Any) -> Record:
+    """The one door for results: a :class:`~cellbench.results.Record` of a registered metric.
+
+    ``unit`` and ``higher_is_better`` come from the registry (an unknown metric raises
+    ``ConfigError`` with a "did you mean"); ``fields`` are the record's other fields (``split``,
+    ``cell_type``, ``n``, ``ci_low``, ``ci_high``, ``region``, ``extra``).
+    """
+    spec = METRICS.get(metric)
+    return Record(run=run, method=method, metric=metric, value=float(value), unit=spec.unit,
+                  higher_is_better=spec.higher_is_better, role=role, **fields)
+
+
+def reference_record(run: str, reference: str, metric: str, value: float, **fields: Any) -> Record:
+    """A reference row (``role="reference"``): the ceiling, the classifier's own accuracy."""
+    return make_record(run, reference, metric, value, role="reference", **fields)

@@ -41,7 +41,7 @@ from ..results import machine_info
 
 log = logging.getLogger(__name__)
 
-__all__ = ["profile_normalizer", "profile_function"]
+__all__ = ["profile_normalizer", "profile_function", "format_profile"]
 
 
 def _malloc_trim() -> None:
@@ -132,7 +132,12 @@ def profile_function(
         ``throughput_by_batch`` ({batch size: images/s}), ``n_latency`` (timed batch-1 calls),
         ``truncated`` (the budget or memory cut the profile short), ``budget_s``, ``device``,
         ``device_name``, ``image_size``, ``warmup``, ``machine`` (:func:`cellbench.results.machine_info`,
-        including ``torch_threads``).
+        including ``torch_threads``); and the conditions of the figures: ``latency_by_batch``
+        ({batch size: median_ms, p90_ms, rounds, spread (p90/median)}), ``spread_p90_median`` (batch
+        1), ``cpu_time_s`` / ``wall_time_s`` / ``cpu_per_wall`` (process CPU time over wall time of
+        the timed calls: about the number of busy threads; well below the thread count means the
+        calls waited, e.g. for a busy machine), ``threads``, ``cpu_count`` and ``load_avg_1min``
+        ({"start", "end"}: the 1-minute load average before and after the measurement).
 
     ``threads`` sets torch's intra-op thread count for the profile (restored afterwards); None
     leaves it as it is. On a busy machine more threads can be much slower (they synchronise at
@@ -155,14 +160,21 @@ def profile_function(
     truncated = False
     timings: dict[int, list[float]] = {}
 
+    cpu_wall = [0.0, 0.0]  # process CPU time and wall time of the timed calls
+
     def timed(x: torch.Tensor) -> float:
         _sync(dev)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         fn(x)
         _sync(dev)
-        return time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        cpu_wall[0] += time.process_time() - c0
+        cpu_wall[1] += dt
+        return dt
 
     peaks: dict[int, float] = {}
+    load_start = _loadavg()
     with torch.inference_mode():
         for b in sizes:
             if b > 1 and time.perf_counter() >= deadline:
@@ -209,11 +221,25 @@ def profile_function(
         device_name = torch.cuda.get_device_name(dev)
     else:
         device_name = machine_info().get("processor") or "cpu"
+    load_end = _loadavg()
     peak_mb = max(peaks.values())
     lat = np.asarray(timings[1]) * 1000.0
     thr = {b: b / float(np.median(ts)) for b, ts in timings.items() if ts}
     best = max(thr, key=thr.get)
+    by_batch = {
+        int(b): {"median_ms": float(np.median(ts) * 1000.0), "p90_ms": float(np.percentile(ts, 90) * 1000.0),
+                 "rounds": len(ts), "spread": float(np.percentile(ts, 90) / max(np.median(ts), 1e-12))}
+        for b, ts in timings.items() if ts
+    }
     return {
+        "latency_by_batch": by_batch,
+        "spread_p90_median": float(np.percentile(lat, 90) / max(float(np.median(lat)), 1e-12)),
+        "cpu_time_s": float(cpu_wall[0]),
+        "wall_time_s": float(cpu_wall[1]),
+        "cpu_per_wall": float(cpu_wall[0] / cpu_wall[1]) if cpu_wall[1] > 0 else float("nan"),
+        "threads": int(torch.get_num_threads()),
+        "load_avg_1min": {"start": load_start, "end": load_end},
+        "cpu_count": int(os.cpu_count() or 1),
         "latency_ms_b1": float(np.median(lat)),
         "latency_ms_b1_p90": float(np.percentile(lat, 90)),
         "throughput_ips": float(thr[best]),
@@ -230,6 +256,41 @@ def profile_function(
         "warmup": int(warmup),
         "machine": machine_info(),
     }
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average (runnable processes), or None where the OS has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def format_profile(prof: dict[str, Any]) -> str:
+    """A short human-readable table of :func:`profile_function`'s result (for ``cellbench profile``)."""
+    name = prof.get("method", "?") + (f" [engine {prof['engine']}]" if prof.get("engine") else "")
+    lines = [
+        f"{name} on {prof['device']} ({prof['device_name']}), {prof['image_size']}x{prof['image_size']}, "
+        f"{prof.get('threads', '?')} torch thread(s)",
+        f"  latency (batch 1): median {prof['latency_ms_b1']:.2f} ms, p90 {prof['latency_ms_b1_p90']:.2f} ms "
+        f"(p90/median {prof.get('spread_p90_median', float('nan')):.2f}, {prof['n_latency']} rounds)",
+        f"  {'batch':>5}  {'median ms':>10}  {'p90 ms':>9}  {'images/s':>9}  {'rounds':>6}  {'peak MiB':>8}",
+    ]
+    for b, row in sorted(prof.get("latency_by_batch", {}).items()):
+        lines.append(f"  {b:>5}  {row['median_ms']:>10.2f}  {row['p90_ms']:>9.2f}  "
+                     f"{prof['throughput_by_batch'][b]:>9.1f}  {row['rounds']:>6}  "
+                     f"{prof['peak_mem_by_batch'].get(b, float('nan')):>8.1f}")
+    load = prof.get("load_avg_1min") or {}
+    lines.append(f"  best throughput {prof['throughput_ips']:.1f} images/s at batch {prof['batch_size']}; "
+                 f"peak memory {prof['peak_mem_mb']:.1f} MiB")
+    if "cpu_per_wall" in prof:
+        lines.append(f"  CPU time / wall time {prof['cpu_per_wall']:.2f} over {prof['wall_time_s']:.2f} s timed; "
+                     f"load average {load.get('start')} -> {load.get('end')} on {prof.get('cpu_count')} CPU(s)"
+                     + (" (busy machine: figures are pessimistic)" if (load.get("end") or 0) > prof.get(
+                         "cpu_count", 1) else ""))
+    if prof.get("truncated"):
+        lines.append("  truncated: the time budget (--seconds) or memory cut the profile short")
+    return "\n".join(lines)
 
 
 def profile_normalizer(

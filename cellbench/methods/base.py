@@ -67,7 +67,8 @@ class Normalizer(ABC):
         self.params: dict[str, Any] = dict(params)
         self.fitted = not self.needs_fit
         #: Images that :meth:`transform` returned unchanged because the method failed on them
-        #: (e.g. torchstain on a nearly empty image); the benchmark records it per method.
+        #: (e.g. torchstain on a nearly empty image), counted from zero after every fit or load and
+        #: summed over transform calls; the benchmark records it per method.
         self.passthrough_count = 0
 
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -118,33 +119,72 @@ class Normalizer(ABC):
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``normalizer.json`` and ``state.safetensors`` atomically, with the process umask."""
+        from ..fs import atomic_path, atomic_write
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         if state:
-            save_file(state, str(d / (STATE_FILE + ".tmp")))
-            os.replace(d / (STATE_FILE + ".tmp"), d / STATE_FILE)
+            with atomic_path(d / STATE_FILE) as tmp:
+                save_file(state, str(tmp))
         meta = {"method": self.name, "params": self.params, "cellbench_version": __version__,
                 "fitted": self.fitted, "has_state": bool(state)}
-        tmp = d / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
-        os.replace(tmp, d / META_FILE)
+        atomic_write(d / META_FILE, json.dumps(meta, indent=1, default=str))
         return d
+
+    def check_state(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        """Refuse a saved state that this normalizer cannot use, before :meth:`load_state_dict`.
+
+        The template is the state of a freshly built normalizer with the same options: the saved
+        state must have all its keys, with its shapes (further keys are left to
+        :meth:`load_state_dict`), and every floating-point array must be finite
+        (a NaN matrix would write black images). Methods whose state has variable shapes override
+        this. Raises :class:`CheckpointError` naming ``source``.
+        """
+        template = self.state_dict()
+        missing = sorted(set(template) - set(state))
+        if missing:  # keys beyond the template may be optional parts (e.g. lut3d's basis tables)
+            extra = sorted(set(state) - set(template))
+            what = f"lacks {missing[:3]}" + (f" and has unexpected {extra[:3]}" if extra else "")
+            raise CheckpointError(f"{source}: not the state of a {self.name!r} model with these options ({what}); "
+                                  "re-fit the model or pass the right --model folder")
+        for key, ref in template.items():
+            got = state[key]
+            if tuple(got.shape) != tuple(ref.shape):
+                raise CheckpointError(f"{source}: {key!r} has shape {tuple(got.shape)}, a {self.name!r} model with "
+                                      f"these options needs {tuple(ref.shape)}; re-fit the model")
+        for key, got in state.items():
+            if (got.is_floating_point() or got.is_complex()) and not bool(torch.isfinite(got).all()):
+                raise CheckpointError(f"{source}: {key!r} holds NaN or infinite values (a failed fit); "
+                                      "re-fit the model")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Self:
+        from safetensors import SafetensorError
+
         d = Path(directory)
         meta = read_meta(d)
         if meta["method"] != cls.name:
             raise CheckpointError(
                 f"{d}: holds a {meta['method']!r} model, not {cls.name!r}; pass the right --model folder"
             )
-        obj = cls(**meta.get("params", {}))
+        params = meta.get("params", {})
+        if not isinstance(params, dict):
+            raise CheckpointError(f"{d / META_FILE}: 'params' must be an object; re-fit the model")
+        try:
+            obj = cls(**params)
+        except TypeError as exc:  # options this method does not take: another version or a hand edit
+            raise CheckpointError(f"{d / META_FILE}: options do not fit {cls.name!r} ({exc}); re-fit the model") \
+                from None
         if meta.get("has_state"):
+            path = d / STATE_FILE
             try:
-                state = load_file(str(d / STATE_FILE))
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise CheckpointError(f"{d / STATE_FILE}: cannot read ({exc}); re-fit the model") from None
+                state = load_file(str(path))
+            except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+                raise CheckpointError(f"{path}: cannot read ({exc}); the file is truncated or not a "
+                                      "safetensors file: re-fit the model") from None
+            obj.check_state(state, path)
             obj.load_state_dict(state)
         obj.fitted = bool(meta.get("fitted", True))
         return obj

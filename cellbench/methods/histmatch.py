@@ -17,7 +17,7 @@ from typing import Self
 import torch
 
 from ..data.sets import PairedSet, UnpairedSet
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .base import Normalizer, register_normalizer
 
 LEVELS = 256
@@ -106,4 +106,8 @@ class HistMatchNormalizer(Normalizer):
         return {"reference_counts": self.reference_counts}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.reference_counts = state["reference_counts"].double()
+        counts = state["reference_counts"].double()
+        if bool((counts < 0).any()) or bool((counts.sum(-1) <= 0).any()):
+            raise CheckpointError("histmatch: saved reference histogram has negative or all-zero counts; "
+                                  "re-fit the model")
+        self.reference_counts = counts

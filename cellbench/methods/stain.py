@@ -8,9 +8,14 @@ rather than one cell.
 
 torchstain works per image on 0-255 tensors and fails on low-content images (nearly all
 background: too few pixels above the optical-density threshold, a degenerate covariance; constant
-images: zero standard deviation). Each image is normalized separately; when torchstain raises or
-returns non-finite values, that image is returned unchanged (identity) and a warning is logged.
-Outputs are quantized to 8 bits by torchstain.
+images: zero standard deviation). Each image is normalized separately. A uniform image (every
+pixel the same colour to within one grey level: blank, black or saturated; Reinhard would divide by
+its zero standard deviation and return black without an error) is not given to torchstain; it, and
+any image on which torchstain raises or returns non-finite values, is returned unchanged (identity),
+a warning is logged, and ``passthrough_count`` grows by one. The count starts at zero on every
+:meth:`fit` and :meth:`~cellbench.methods.base.Normalizer.load` and accumulates over ``transform``
+calls, so the benchmark reads it after transforming the test split. Outputs are quantized to 8 bits
+by torchstain.
 
 References
 ----------
@@ -44,6 +49,12 @@ def reference_mosaic(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.cat(list(images[idx].float().cpu()), dim=2) * 255.0
 
 
+def is_uniform(image: torch.Tensor) -> bool:
+    """Whether every pixel of a ``(3, H, W)`` [0, 1] image has the same colour to within one 8-bit grey level."""
+    flat = image.reshape(image.shape[0], -1)
+    return bool(((flat.amax(1) - flat.amin(1)) * 255.0 < 1.0).all())
+
+
 class _TorchstainNormalizer(Normalizer):
     """Shared per-image loop with the low-content guard."""
 
@@ -55,14 +66,18 @@ class _TorchstainNormalizer(Normalizer):
     def _transform(self, images: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(images)
         for i in range(images.shape[0]):
-            try:
-                res = self._normalize_one(images[i] * 255.0).float() / 255.0
-                ok = res.shape == images[i].shape and bool(torch.isfinite(res).all())
-            except _FAILURES as exc:
-                ok, res = False, exc
+            if is_uniform(images[i]):
+                ok, res = False, "a uniform image"
+            else:
+                try:
+                    res = self._normalize_one(images[i] * 255.0).float() / 255.0
+                    ok = res.shape == images[i].shape and bool(torch.isfinite(res).all())
+                    res = res if ok else "non-finite output"
+                except _FAILURES as exc:
+                    ok, res = False, exc
             if not ok:
-                log.warning("%s: torchstain failed on image %d of the batch (%s); returned unchanged",
-                            self.name, i, res if isinstance(res, Exception) else "non-finite output")
+                log.warning("%s: cannot normalize image %d of the batch (%s); returned unchanged",
+                            self.name, i, res)
                 res = images[i]
                 self.passthrough_count += 1
             out[i] = res
@@ -92,6 +107,7 @@ class ReinhardNormalizer(_TorchstainNormalizer):
         ts = TorchReinhardNormalizer()
         ts.fit(ref)
         self.means, self.stds = ts.target_means.float(), ts.target_stds.float()
+        self.passthrough_count = 0
         if not (torch.isfinite(self.means).all() and torch.isfinite(self.stds).all()):
             raise CheckpointError("reinhard: the reference mosaic gave non-finite statistics; "
                                   "check the target training images")
@@ -147,6 +163,7 @@ class MacenkoNormalizer(_TorchstainNormalizer):
             raise CheckpointError(f"macenko: cannot find stain vectors in the target reference mosaic ({exc}); "
                                   "the target training images hold too little stained content") from None
         self.he_ref, self.max_c_ref = ts.HERef.float().cpu(), ts.maxCRef.float().cpu()
+        self.passthrough_count = 0
         self.fitted = True
         return self
 

@@ -1,5 +1,7 @@
 """Networks of the paper (torch only): the U-Net generator, the PatchGAN discriminator, the frozen
-feature networks of the perceptual loss, and the losses eq. (1)-(8)."""
+feature networks of the perceptual loss, and the losses eq. (1)-(8); also the benchmark's WBC
+classifier network and its saved-model format (:mod:`cellbench.nets.classifier`, imported on use:
+it needs timm)."""
 
 from .discriminator import PatchDiscriminator
 from .features import VGG16Features, build_feature_net, default_vgg16_path, resolve_vgg16_weights

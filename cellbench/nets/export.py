@@ -33,8 +33,9 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     g = generator.float().cpu().eval()
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
+    from ..fs import atomic_path  # unique temporary name, the umask's mode, one os.replace
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             g,
@@ -49,7 +50,6 @@ def export_onnx(
                 "output": {0: "batch", 2: "height", 3: "width"},
             },
         )
-    os.replace(tmp, path)
     if not check:
         return float("nan")
     try:

@@ -9,7 +9,7 @@
     convolutional part (``features.*`` or bare ``0.weight ...`` keys).
 ``classifier``
     The last convolutional feature maps of the benchmark's WBC classifier
-    (:func:`cellbench.eval.classifier.load_classifier`), the improvement the paper proposes in
+    (:func:`cellbench.nets.classifier.load_classifier`), the improvement the paper proposes in
     its conclusion.
 """
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, MissingWeightsError
+from .classifier import load_classifier
 
 VGG16_FILE = "vgg16-397923af.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,20 +101,9 @@ class ClassifierFeatures(nn.Module):
 
     def __init__(self, directory: str | os.PathLike) -> None:
         super().__init__()
-        try:
-            from ..eval.classifier import load_classifier
-        except ImportError as exc:
-            raise ConfigError(f"--feature-net classifier needs cellbench.eval.classifier ({exc})") from None
         self.classifier = load_classifier(Path(directory))
-        if isinstance(self.classifier, nn.Module):
-            self.classifier.requires_grad_(False)
-            self.classifier.eval()
-        else:
-            net = getattr(self.classifier, "model", None) or getattr(self.classifier, "net", None)
-            if isinstance(net, nn.Module):
-                net.requires_grad_(False)
-                net.eval()
-                self._net = net  # registered so .to(device) moves it
+        self.classifier.requires_grad_(False)
+        self.classifier.eval()
 
     def train(self, mode: bool = True) -> ClassifierFeatures:
         return super().train(False)

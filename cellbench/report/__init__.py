@@ -11,6 +11,6 @@ network request. Sections are described in docs/report.md.
 
 from __future__ import annotations
 
-from .build import build_comparison_report, build_report, comparison_filename, render
+from .build import build_comparison_report, build_report, comparison_filename, markdown_report, render
 
-__all__ = ["build_report", "build_comparison_report", "comparison_filename", "render"]
+__all__ = ["build_report", "build_comparison_report", "comparison_filename", "markdown_report", "render"]

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,7 +248,11 @@ def load_curves(run_dir: Path, methods: list[str] | None = None) -> tuple[list[C
             continue
         x_name = next((k for k in ("iteration", "step", "epoch") if any(k in r for r in rows)), "")
         stride = max(1, math.ceil(len(rows) / MAX_CURVE_POINTS))
-        rows = rows[::stride]
+        # rows holding a key that only some lines log (e.g. the batch-norm gap every sample_every
+        # iterations) are kept whatever the stride, or striding could drop every one of them
+        seen = Counter(k for r in rows for k in r)
+        sparse = {k for k, c in seen.items() if c * stride <= len(rows)}
+        rows = [r for i, r in enumerate(rows) if i % stride == 0 or not sparse.isdisjoint(r)]
         x = [float(r.get(x_name, i)) if _num(r.get(x_name, i)) else float(i) for i, r in enumerate(rows)]
         keys = [
             k

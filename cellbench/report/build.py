@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from markupsafe import Markup
 
 from .. import __version__
 from ..errors import CellbenchError
-from ..results import Record, load_results
+from ..fs import atomic_write
+from ..results import Record, check_fingerprints, load_results
 from . import artifacts as art
 from . import figures as fig
 from . import tables as tab
@@ -88,8 +88,7 @@ def _env() -> jinja2.Environment:
 
 
 def _methods_in(records: Sequence[Record]) -> list[str]:
-    ms = [r.method for r in records]
-    return tab.order_methods(ms)
+    return tab.order_methods(records)
 
 
 def _check_methods(requested: Sequence[str], available: Sequence[str], run_dir: Path) -> list[str]:
@@ -113,6 +112,7 @@ def _summary(
     git = md.get("git") if isinstance(md.get("git"), dict) else {}
     commit = git.get("commit")
     runs = Counter(r.run for r in records)
+    refs = tab.reference_methods(records)
     return {
         "run": runs.most_common(1)[0][0] if runs else run_dir.name,
         "created": str(md.get("created", "unknown")),
@@ -121,9 +121,9 @@ def _summary(
         "commit_short": str(commit)[:10] if commit else "unknown",
         "dirty": git.get("dirty"),
         "n_records": len(records),
-        "methods": [m for m in methods if m not in tab.REFERENCE_METHODS],
-        "references": [m for m in methods if m in tab.REFERENCE_METHODS],
-        "cell_types": tab._cell_type_order(r.cell_type for r in records),
+        "methods": [m for m in methods if m not in refs],
+        "references": [m for m in methods if m in refs],
+        "cell_types": tab.cell_type_order(r.cell_type for r in records),
         "splits": sorted({r.split for r in records}),
         "machine": md.get("machine") if isinstance(md.get("machine"), dict) else {},
         "config": md.get("config", {}),
@@ -138,6 +138,7 @@ def _summary(
 
 def _sections(run_dir: Path, records: list[Record], methods: list[str], *, comparison: bool) -> list[Section]:
     restrict = methods if comparison else None
+    refs = tab.reference_methods(records)
     secs: list[Section] = []
 
     # leaderboard
@@ -155,11 +156,12 @@ def _sections(run_dir: Path, records: list[Record], methods: list[str], *, compa
             )
         if any(r.metric == "c2st_accuracy" for r in records):
             s.notes.append("C2ST accuracy: 50 % means a classifier cannot tell G(x) from real y.")
-        if set(methods) & set(tab.REFERENCE_METHODS):
+        if set(methods) & refs:
             s.notes.append(
                 "Grey rows are references (ceiling: the classifier on y vs a second rendering of y; "
                 "classifier: its own accuracy on real Y images); they are not ranked."
             )
+        s.notes.extend(_passthrough_notes(records, methods))
     else:
         s.note = "No overall test records in results.json; nothing to rank."
     secs.append(s)
@@ -227,7 +229,7 @@ def _sections(run_dir: Path, records: list[Record], methods: list[str], *, compa
     # confusion
     s = Section("confusion", "Confusion matrices")
     confs, notes = art.load_confusions(
-        run_dir, restrict if restrict is None else list(restrict) + list(tab.REFERENCE_METHODS)
+        run_dir, restrict if restrict is None else list(restrict) + sorted(refs)
     )
     s.notes.extend(notes)
     for c in confs:
@@ -263,7 +265,7 @@ def _sections(run_dir: Path, records: list[Record], methods: list[str], *, compa
     # training curves
     s = Section("training", "Training curves")
     curves, notes = art.load_curves(
-        run_dir, restrict if restrict is None else list(restrict) + ["classifier"]
+        run_dir, restrict if restrict is None else list(restrict) + sorted(refs)
     )
     s.notes.extend(notes)
     for c in curves:
@@ -287,17 +289,18 @@ def _sections(run_dir: Path, records: list[Record], methods: list[str], *, compa
     return secs
 
 
+def _passthrough_notes(records: Sequence[Record], methods: Sequence[str]) -> list[str]:
+    """One note per method that returned test images unchanged (``passthrough_images`` > 0)."""
+    notes = []
+    for r in records:
+        if r.metric == "passthrough_images" and r.method in methods and tab.finite(r.value) and r.value > 0:
+            notes.append(f"{r.method} returned {int(r.value)} of {r.n} test images unchanged (it failed on them); "
+                         "its figures include those raw images.")
+    return notes
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)  # with the umask's mode: a report is meant to be shared
 
 
 def render(
@@ -310,12 +313,14 @@ def render(
     """The report's HTML text (see :func:`build_report`)."""
     run = Path(run_dir)
     records, metadata = load_results(run)
+    check_fingerprints(metadata, run / "results.json")
     available = _methods_in(records)
+    refs = tab.reference_methods(records)
     if methods is not None:
         chosen = _check_methods(methods, available, run)
-        keep = set(chosen) | set(tab.REFERENCE_METHODS)
+        keep = set(chosen) | refs
         records = [r for r in records if r.method in keep]
-        methods_list = chosen + [m for m in available if m in tab.REFERENCE_METHODS and m not in chosen]
+        methods_list = chosen + [m for m in available if m in refs and m not in chosen]
     else:
         methods_list = available
     summary = _summary(records, metadata, run, methods_list)
@@ -402,3 +407,21 @@ def build_comparison_report(
     _atomic_write(path, html)
     log.info("comparison report written to %s", path)
     return path
+
+
+def markdown_report(run_dir: str | os.PathLike) -> str:
+    """The leaderboard, speed, colour and per-cell-type tables of a run folder as Markdown."""
+    records, metadata = load_results(run_dir)  # a clear CellbenchError when there are none
+    check_fingerprints(metadata, Path(run_dir) / "results.json")
+    methods = tab.order_methods(records)
+    sections = [("Leaderboard", tab.leaderboard(records, methods)), ("Speed", tab.speed_table(records, methods))]
+    if any(r.metric == "accuracy_gain" for r in records):
+        sections.append(("Accuracy gain over raw X (cross-system track)", tab.metric_columns(
+            records, methods, [("accuracy", "all"), ("accuracy_gain", "all")])))
+    sections.append(("Colour statistics: ΔE00 between the mean Lab colours of each region and Y's",
+                     tab.metric_columns(records, methods, [("colour_delta_e", reg) for reg in (
+                         "wbc", "nucleus", "cytoplasm", "red_cell", "background")])))
+    sections += [(t.caption, t) for t in tab.per_cell_type_tables(records, methods)]
+    notes = _passthrough_notes(records, methods)
+    text = "".join(f"### {title}\n\n{tab.to_markdown(table)}\n" for title, table in sections if table)
+    return text + "".join(f"Note: {n}\n" for n in notes)

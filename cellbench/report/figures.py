@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ..results import Record
 from .artifacts import Confusion, Curve, png_data_uri
-from .tables import REFERENCE_METHODS, _cell_type_order, finite, label
+from .tables import cell_type_order, finite, label, reference_methods
 
 DPI = 110
 REGION_ORDER = ("image", "wbc", "nucleus", "cytoplasm", "red_cell", "background", "all")
@@ -70,7 +70,7 @@ def colour_delta_e_heatmaps(
     regions = sorted(
         {r.region for r in recs}, key=lambda g: (REGION_ORDER.index(g) if g in REGION_ORDER else 99, g)
     )
-    cts = _cell_type_order(r.cell_type for r in recs)
+    cts = cell_type_order(r.cell_type for r in recs)
     if any(r.cell_type == "all" for r in recs):
         cts.append("all")
     ms = [m for m in methods if any(r.method == m for r in recs)]
@@ -227,7 +227,8 @@ def _pick(
 
 def speed_quality(records: Sequence[Record], methods: Sequence[str], *, split: str = "test") -> str | None:
     """Throughput (log x; latency when no throughput) against ΔE00 mean and against agreement."""
-    ms = [m for m in methods if m not in REFERENCE_METHODS]
+    refs = reference_methods(records)
+    ms = [m for m in methods if m not in refs]
     speed: dict[str, Record] = {}
     speed_metric = ""
     for metric in ("throughput_ips", "latency_ms_b1"):
@@ -287,8 +288,10 @@ def speed_quality(records: Sequence[Record], methods: Sequence[str], *, split: s
 
 
 def curve_figure(curve: Curve, *, max_panels: int = 9) -> str:
-    """One small panel per logged quantity of one training log."""
-    keys = list(curve.series)[:max_panels]
+    """One small panel per logged quantity of one training log; the generators' batch-norm
+    train/eval gap (``bn_gap_*``, cellbench.train.loop) first, as it says whether the losses
+    describe the network that inference runs."""
+    keys = sorted(curve.series, key=lambda k: not k.startswith("bn_gap_"))[:max_panels]
     ncol = min(3, len(keys))
     nrow = math.ceil(len(keys) / ncol)
     fig = _new(3.6 * ncol + 0.3, 2.5 * nrow + 0.3)

@@ -17,9 +17,12 @@ from ..results import Record
 
 log = logging.getLogger(__name__)
 
-#: Rows shown for context but never ranked: the second-rendering ceiling and the classifier's own
-#: accuracy on real Y images.
-REFERENCE_METHODS: tuple[str, ...] = ("ceiling", "classifier")
+
+def reference_methods(records: Iterable[Record]) -> set[str]:
+    """Rows shown for context but never ranked: records with ``role="reference"`` (the ceiling, the
+    classifier's own accuracy on real Y images; results files without roles are read with the
+    same roles, see :meth:`cellbench.results.Record.from_dict`)."""
+    return {r.method for r in records if r.role == "reference"}
 
 #: Speed and cost metrics (their own table; matched on any split, keyed also by device).
 SPEED_METRICS: tuple[str, ...] = (
@@ -28,6 +31,7 @@ SPEED_METRICS: tuple[str, ...] = (
     "latency_ms_b1_p90",
     "peak_mem_mb",
     "fit_seconds",
+    "passthrough_images",
 )
 
 #: Headline columns of the leaderboard, in display order: ``(metric, region)``.
@@ -74,6 +78,7 @@ LABELS: dict[str, str] = {
     "throughput_ips": "Throughput",
     "peak_mem_mb": "Peak memory",
     "fit_seconds": "Fit time",
+    "passthrough_images": "Passed through",
 }
 
 UNITS: dict[str, str] = {
@@ -226,13 +231,14 @@ def best_methods(values: dict[str, float | None], higher_is_better: bool | None)
     return {m for m, v in finite_vals.items() if math.isclose(v, target, rel_tol=1e-12, abs_tol=0.0)}
 
 
-def order_methods(methods: Iterable[str], preferred: Sequence[str] | None = None) -> list[str]:
-    """Ranked methods first (in ``preferred`` order, else as given), references last."""
-    ms = list(dict.fromkeys(methods))
+def order_methods(records: Sequence[Record], preferred: Sequence[str] | None = None) -> list[str]:
+    """The records' methods: ranked ones first (in ``preferred`` order, else as stored), references last."""
+    ms = list(dict.fromkeys(r.method for r in records))
+    refs = reference_methods(records)
     if preferred:
         pos = {m: i for i, m in enumerate(preferred)}
         ms.sort(key=lambda m: pos.get(m, len(pos)))
-    return [m for m in ms if m not in REFERENCE_METHODS] + [m for m in ms if m in REFERENCE_METHODS]
+    return [m for m in ms if m not in refs] + [m for m in ms if m in refs]
 
 
 def _index(records: Iterable[Record]) -> dict[tuple, dict[str, Record]]:
@@ -259,11 +265,12 @@ def _method_table(
 ) -> Table:
     columns: list[Column] = []
     cells: dict[str, list[Cell]] = {m: [] for m in methods}
+    refs = reference_methods(r for slot in index.values() for r in slot.values())
     for key in keys:
         recs = index.get(key, {})
         metric, region, device, cell_type = key
         unit = next((r.unit for r in recs.values() if r.unit), UNITS.get(metric, ""))
-        ranked = {m: r for m, r in recs.items() if m in methods and m not in REFERENCE_METHODS}
+        ranked = {m: r for m, r in recs.items() if m in methods and m not in refs}
         hib = _direction(ranked.values() or recs.values())
         col = Column(metric, region, device, cell_type, unit, hib, label(metric))
         columns.append(col)
@@ -281,11 +288,11 @@ def _method_table(
                 c.ci = f"[{lo_t}, {fmt_value(r.ci_high, metric=metric, unit=unit)}]"
             if r.n:
                 c.tooltip = f"n = {r.n}"
-            if heat and hib is not None and finite(r.value) and m not in REFERENCE_METHODS:
+            if heat and hib is not None and finite(r.value) and m not in refs:
                 t = 0.5 if hi == lo else (r.value - lo) / (hi - lo)
                 c.style = _heat_style(t if hib else 1.0 - t)
             cells[m].append(c)
-    rows = [Row(m, cells[m], m in REFERENCE_METHODS) for m in methods]
+    rows = [Row(m, cells[m], m in refs) for m in methods]
     return Table(columns, rows)
 
 
@@ -309,7 +316,7 @@ def leaderboard(records: Sequence[Record], methods: Sequence[str], *, split: str
     """Methods x headline metrics (overall test records) with CIs and the best value per column marked.
 
     Rows are sorted by the first column in its direction (best first); reference rows
-    (:data:`REFERENCE_METHODS`) come last and are never marked best.
+    (:func:`reference_methods`) come last and are never marked best.
     """
     recs = [r for r in _test(records, split) if r.cell_type == "all" and r.method in methods]
     keys = overall_keys(recs, split)
@@ -328,8 +335,9 @@ def leaderboard(records: Sequence[Record], methods: Sequence[str], *, split: str
             return (1, 0.0)
         return (0, -v if hib is not False else v)
 
-    ranked = sorted((m for m in methods if m not in REFERENCE_METHODS), key=sort_key)
-    order = ranked + [m for m in methods if m in REFERENCE_METHODS]
+    refs = reference_methods(recs)
+    ranked = sorted((m for m in methods if m not in refs), key=sort_key)
+    order = ranked + [m for m in methods if m in refs]
     order = [m for m in order if any(m in index.get(k, {}) for k in keys)]
     table = _method_table(index, keys, order)
     table.caption = (
@@ -368,7 +376,7 @@ def speed_table(records: Sequence[Record], methods: Sequence[str]) -> Table:
     return table
 
 
-def _cell_type_order(cell_types: Iterable[str]) -> list[str]:
+def cell_type_order(cell_types: Iterable[str]) -> list[str]:
     ct = set(cell_types) - {"all"}
     known = [c for c in CLASSES if c in ct]
     return known + sorted(ct - set(known))
@@ -392,7 +400,7 @@ def per_cell_type_tables(
                 break
         else:
             continue
-        keys = [(metric, region, "", ct) for ct in _cell_type_order(cts)]
+        keys = [(metric, region, "", ct) for ct in cell_type_order(cts)]
         if (metric, region, "", "all") in index:
             keys.append((metric, region, "", "all"))
         order = [m for m in methods if any(m in index.get(k, {}) for k in keys)]

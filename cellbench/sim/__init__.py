@@ -4,12 +4,14 @@
 * :mod:`.scene` parametric scenes of the eight PBC classes with ground-truth masks;
 * :mod:`.system` declarative systems (TOML) and the renderer (optics, camera, ISP, noise);
 * :mod:`.pairs` paired datasets in memory, streamed, or on disk;
+* :mod:`.synthetic` the embedded simulated dataset (``--data synthetic``) and the ``--data`` loader;
 * :mod:`.resim` re-simulation of real images under another system;
 * :mod:`.calibrate` comparison of simulated and real colour statistics.
 """
 
 from .pairs import SimulatedPairs, simulate_pair, simulate_pairs, write_paired_dataset
 from .scene import Scene, make_scene
+from .synthetic import SYNTHETIC_DEFAULTS, load_training_data, synthetic_split
 from .system import System, builtin_systems, load_system, render
 
 __all__ = [
@@ -17,6 +19,9 @@ __all__ = [
     "simulate_pair",
     "simulate_pairs",
     "write_paired_dataset",
+    "SYNTHETIC_DEFAULTS",
+    "load_training_data",
+    "synthetic_split",
     "Scene",
     "make_scene",
     "System",

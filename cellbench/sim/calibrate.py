@@ -6,6 +6,11 @@ fitted separately on the real and on the simulated images, so that each set is c
 learned from itself). For each class and region the mean CIELAB colour (D65, sRGB input,
 ``skimage.color.rgb2lab``) of all its pixels is computed for both sets, and their CIEDE2000
 difference (``skimage.color.deltaE_ciede2000``) reported.
+
+The simulator's calibration targets (:data:`TARGETS`, docs/simulator.md) bound the worst class of
+each region: background <= 5, WBC nucleus and cytoplasm <= 10 CIEDE2000. :func:`target_failures`
+lists the misses and :func:`summary_line` gives the one line the README quotes; ``cellbench simulate
+calibrate`` prints it and exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from skimage.color import deltaE_ciede2000, rgb2lab
 from ..data.classes import CLASSES
 from ..data.folders import index_labelled
 from ..data.masks import BACKGROUND, CYTOPLASM, NUCLEUS, RED_CELL
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from ..io import read_image
 from ..tensors import center_crop_or_pad
 from .scene import make_scene
 from .system import System, load_system, render
 
 REGION_NAMES = {BACKGROUND: "background", RED_CELL: "red_cell", NUCLEUS: "nucleus", CYTOPLASM: "cytoplasm"}
+
+#: Largest CIEDE2000 between the real and simulated mean colour of any class, per region.
+TARGETS = {"background": 5.0, "nucleus": 10.0, "cytoplasm": 10.0}
 
 
 def real_images(root: str | os.PathLike, n_per_class: int, size: int = 256) -> dict[str, np.ndarray]:
@@ -99,6 +107,8 @@ def calibration_table(
     seed: int = 0,
 ) -> list[dict]:
     """Rows ``{class, region, L/a/b real, L/a/b sim, delta_e00, n_real, n_sim}`` per class and region."""
+    if int(n_per_class) < 1:
+        raise ConfigError(f"n_per_class={n_per_class}: must be at least 1 image per class")
     r_img = real_images(real, n_per_class, size)
     s_img = simulated_images(system, list(r_img), n_per_class, size, seed)
     rm, sm = region_means(r_img, seed=seed), region_means(s_img, seed=seed)
@@ -141,3 +151,38 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['L_sim']:.1f} {r['a_sim']:.1f} {r['b_sim']:.1f} | {r['delta_e00']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def worst_per_region(rows: list[dict]) -> dict[str, dict]:
+    """The row with the largest ``delta_e00`` per region of :data:`TARGETS` (regions without rows omitted)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        reg = r["region"]
+        if reg in TARGETS and (reg not in out or r["delta_e00"] > out[reg]["delta_e00"]):
+            out[reg] = r
+    return out
+
+
+def target_failures(rows: list[dict]) -> list[str]:
+    """The calibration targets the rows miss (a region with no row at all counts as a miss)."""
+    worst = worst_per_region(rows)
+    fails = []
+    for reg, limit in TARGETS.items():
+        if reg not in worst:
+            fails.append(f"{reg}: no class has this region in both image sets")
+        elif not worst[reg]["delta_e00"] <= limit:
+            w = worst[reg]
+            fails.append(f"{reg}: {w['delta_e00']:.1f} > {limit:g} ({w['class']})")
+    return fails
+
+
+def summary_line(rows: list[dict]) -> str:
+    """``worst class: background 1.4 (lymphocyte), nucleus 3.1 (...), cytoplasm 6.3 (...) ΔE00; targets ...: PASS``."""
+    worst = worst_per_region(rows)
+    parts = [f"{reg} {worst[reg]['delta_e00']:.1f} ({worst[reg]['class']})" for reg in TARGETS if reg in worst]
+    fails = target_failures(rows)
+    line = (
+        "worst class: " + ", ".join(parts) + " ΔE00; targets "
+        + " / ".join(f"{reg} <= {lim:g}" for reg, lim in TARGETS.items())
+    )
+    return line + (": PASS" if not fails else ": FAIL (" + "; ".join(fails) + ")")

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from ..nets import PatchDiscriminator, UNetGenerator
-from ..nets.losses import discriminator_loss, generator_adversarial_loss, l1
-from .loop import TrainConfig, Trainer
+from ..nets.losses import discriminator_loss, generator_adversarial_loss
+from .cycle import CycleTrainer
+from .loop import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class CCGANWeights:
     paired: float = 10.0
 
 
-class CCGANTrainer(Trainer):
+class CCGANTrainer(CycleTrainer):
     """Each iteration (paper sec. 5.5): step both discriminators on eq. (1); then, with the
     discriminators frozen, step G_xy on eq. (6) while G_yx is frozen, then G_yx while G_xy is frozen.
     """
@@ -45,6 +46,7 @@ class CCGANTrainer(Trainer):
         *,
         weights: CCGANWeights,
         signature: dict[str, Any],
+        paired: bool = True,
         **kw,
     ) -> None:
         nets = {
@@ -54,15 +56,13 @@ class CCGANTrainer(Trainer):
             "D_y": discriminators[1],
         }
         super().__init__(nets, list(nets), config, signature=signature, **kw)
-        self.weights = weights
+        self.weights, self.paired = weights, paired
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One iteration. Every network sees all of its inputs of a step in one batch, so batch norm
-        normalises images of both systems with the same statistics (as at inference, where the
-        running statistics are a mixture of both); frozen networks run in inference mode."""
+        """One iteration; every network sees all of its inputs of a step in one batch (see
+        :meth:`~cellbench.train.cycle.CycleTrainer.generator_step`)."""
         G_xy, G_yx, D_x, D_y = (self.nets[k] for k in ("G_xy", "G_yx", "D_x", "D_y"))
-        w, b = self.weights, x.shape[0]
-        zero = torch.zeros((), device=x.device)
+        b = x.shape[0]
 
         # 0. the generators' current translations for the discriminators
         self.set_trainable()
@@ -79,44 +79,14 @@ class CCGANTrainer(Trainer):
             loss_d_x = discriminator_loss(logits_x[:b], logits_x[b:])
         self.optimize(loss_d_x + loss_d_y, "D_x", "D_y")
 
-        # 2. G_xy with D_x, D_y and G_yx frozen: eq. (6) with the terms of (3)-(5) that depend on G
-        self.set_trainable("G_xy")
-        with self.autocast():
-            fake_y, rec_y, idt_y = G_xy(torch.cat([x, fake_x0, y])).split(b)  # G(x), G(F(y)), G(y)
-            gen = generator_adversarial_loss(D_y.patch_logits(fake_y))  # eq. (2)
-            cycle = l1(G_yx(fake_y), x) + l1(rec_y, y)  # eq. (3)
-            identity = l1(idt_y, y)  # eq. (4)
-            paired = l1(fake_y, y) if w.paired else zero  # eq. (5)
-            total_g = w.gen * gen + w.cycle * cycle + w.identity * identity + w.paired * paired  # eq. (6)
-        self.optimize(total_g, "G_xy")
-
-        # 3. G_yx with D_x, D_y and the updated G_xy frozen
-        self.set_trainable("G_yx")
-        with self.autocast():
-            fake_x, rec_x, idt_x = G_yx(torch.cat([y, fake_y.detach(), x])).split(b)  # F(y), F(G(x)), F(x)
-            gen_f = generator_adversarial_loss(D_x.patch_logits(fake_x))
-            cycle_f = l1(G_xy(fake_x), y) + l1(rec_x, x)
-            identity_f = l1(idt_x, x)
-            paired_f = l1(fake_x, x) if w.paired else zero
-            total_f = w.gen * gen_f + w.cycle * cycle_f + w.identity * identity_f + w.paired * paired_f
-        self.optimize(total_f, "G_yx")
-        self.set_trainable(*self.trained)
-
-        self.losses.add(
-            D_x=loss_d_x,
-            D_y=loss_d_y,
-            G_total=total_g,
-            F_total=total_f,
-            G_gen=gen,
-            G_cycle=cycle,
-            G_identity=identity,
-            G_paired=paired,
-            F_gen=gen_f,
-            F_cycle=cycle_f,
-            F_identity=identity_f,
-            F_paired=paired_f,
+        # 2. G_xy with D_x, D_y and G_yx frozen: eq. (6) = lambda1 eq. (2) + the shared eq. (3)-(5)
+        fake_y, g_terms = self.generator_step(
+            "G_xy", x, y, fake_x0, adversarial=lambda fake: generator_adversarial_loss(D_y.patch_logits(fake))
         )
-
-    def sample_rows(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        """x, G(x), y, F(y)."""
-        return [x, self.nets["G_xy"](x), y, self.nets["G_yx"](y)]
+        # 3. G_yx with D_x, D_y and the updated G_xy frozen
+        _, f_terms = self.generator_step(
+            "G_yx", y, x, fake_y.detach(), adversarial=lambda fake: generator_adversarial_loss(D_x.patch_logits(fake))
+        )
+        self.set_trainable(*self.trained)
+        self.losses.add(D_x=loss_d_x, D_y=loss_d_y)
+        self.log_generator_terms(g_terms, f_terms)

@@ -35,9 +35,9 @@ def checkpoint_name(iteration: int) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from ..fs import atomic_write  # unique temporary name, the umask's mode
+
+    atomic_write(path, json.dumps(obj, indent=1, default=str))
 
 
 def module_weights(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -90,7 +90,10 @@ def save_checkpoint(
     tmp.mkdir(parents=True, exist_ok=True)
     torch.save(rank_state, tmp / f"rng_rank{rank}.pt")
     if weights is not None:
-        save_file(weights, str(tmp / "weights.safetensors"))
+        from ..fs import atomic_path  # safetensors alone writes mode 0600 whatever the umask
+
+        with atomic_path(tmp / "weights.safetensors") as part:
+            save_file(weights, str(part))
     if state is not None:
         torch.save(state, tmp / "state.pt")
     if meta is not None:

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from ..nets import UNetGenerator
+from ..nets.batchnorm import bn_gap, precise_bn, preserved_state, set_bn_momentum
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from .data import BatchSource
@@ -48,7 +50,12 @@ class TrainConfig:
     effectiveness of averaging in GAN training") with this decay (warmed up as
     ``min(decay, (1 + t) / (10 + t))``); batch-norm statistics are copied from the trained network.
     The averaged generators are checkpointed and are the ones training returns. ``None``: off
-    (the paper).
+    (the paper). ``bn_momentum``: PyTorch momentum of every batch-norm layer of the trained
+    networks (the new batch's weight in the running averages; 0.1 is PyTorch's default, 0.01 is
+    Keras' ``momentum=0.99`` that the paper's code ran with). ``precise_bn_batches``: > 0: after
+    the last iteration the generators' running statistics are replaced by population statistics
+    of the final weights over this many training batches, composed as in training (precise BN,
+    Wu & Johnson 2021, sec. 3.2; :func:`cellbench.nets.batchnorm.precise_bn`); 0: off.
     """
 
     iterations: int = 50_000
@@ -58,6 +65,8 @@ class TrainConfig:
     lr_decay_start: int | None = None
     bn_freeze_start: int | None = None
     ema_decay: float | None = None
+    bn_momentum: float = 0.1
+    precise_bn_batches: int = 0
     checkpoint_every: int = 1000
     sample_every: int = 1000
     keep_checkpoints: int = 2
@@ -103,7 +112,11 @@ class Trainer:
         Architecture/preset description stored in checkpoints; resuming with a different one is a
         :class:`~cellbench.errors.CheckpointError`.
     device:
-        Where to train; ``"auto"``: CUDA when available (the local rank's GPU under torchrun).
+        Where to train; ``"auto"``: CUDA when available (``dist.device`` in a process group).
+    dist:
+        This process's place in the process group, from
+        :func:`~cellbench.train.distributed.setup_distributed` (``None``: a single process).
+        Building a trainer never joins a group.
     """
 
     method: ClassVar[str] = "trainer"
@@ -117,20 +130,25 @@ class Trainer:
         signature: dict[str, Any],
         device: str | torch.device = "auto",
         run_dir: str | Path | None = None,
+        dist: ddp.DistInfo | None = None,
+        colour_difference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.config = config
         self.signature = {"method": self.method, **signature}
-        dev = (
-            torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            if str(device) == "auto"
-            else torch.device(device)
-        )
+        self.dist = ddp.DistInfo() if dist is None else dist
+        if self.dist.device is not None and str(device) in ("auto", "cuda"):
+            dev = self.dist.device
+        elif str(device) == "auto":
+            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device cuda requested but CUDA is not available; use --device cpu")
-        self.dist = ddp.init_from_env(dev)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", self.dist.local_rank % torch.cuda.device_count())
-            torch.cuda.set_device(dev)
+        if not self.dist.enabled and ddp.world_size_from_env() > 1:
+            raise ConfigError(
+                "started by torchrun, but no process group was set up: call "
+                "cellbench.train.setup_distributed() and pass its result (cellbench fit does)"
+            )
         self.device = dev
         self.channels_last = (
             (dev.type == "cuda") if config.channels_last is None else bool(config.channels_last)
@@ -160,6 +178,10 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.iteration = 0
         self.losses = LossLog()
+        for n in self.trained:
+            set_bn_momentum(nets[n], config.bn_momentum)
+        #: ``(a, b) -> per-pixel colour difference`` of RGB images, for the logged batch-norm gap
+        self.colour_difference = colour_difference
 
     # -- helpers used by train_step ------------------------------------------------------------
     @staticmethod
@@ -242,6 +264,70 @@ class Trainer:
         """Rows of the sample grid (each ``(n, 3, h, w)``)."""
         return [x, y]
 
+    def bn_inputs(
+        self, name: str, x: torch.Tensor, y: torch.Tensor, *, averaged: bool = False
+    ) -> torch.Tensor | None:
+        """Network ``name``'s input as a training step composes it from the batch ``(x, y)``, for
+        the batch-norm gap and precise BN (``None``: the network has no such input); ``averaged``:
+        computed with the averaged networks (``ema_decay``) that training returns."""
+        return None
+
+    #: the network whose train/eval gap is logged, and the networks precise BN re-estimates
+    GAP_NETWORK: ClassVar[str | None] = None
+    PRECISE_BN_NETWORKS: ClassVar[tuple[str, ...]] = ()
+
+    @torch.no_grad()
+    def measure_bn_gap(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """``bn_gap_l1`` (and ``bn_gap_de00`` with a ``colour_difference``): mean difference between
+        :attr:`GAP_NETWORK`'s training-mode (batch statistics) and inference-mode (running
+        statistics) outputs for the ``x`` rows of its training input built from ``(x, y)``
+        (:func:`cellbench.nets.batchnorm.bn_gap`). No gradients, no random numbers; buffers
+        and modes are restored, so logging it does not change the run."""
+        name = self.GAP_NETWORK
+        if name is None:
+            return {}
+        x, y = self.prepare(x), self.prepare(y)
+        with contextlib.ExitStack() as stack:  # modes of every network as they were
+            for net in self.nets.values():
+                stack.enter_context(preserved_state(net))
+            batch = self.bn_inputs(name, x, y)
+        if batch is None:
+            return {}
+        gap = bn_gap(self.nets[name], batch, rows=x.shape[0], colour_difference=self.colour_difference)
+        return {f"bn_gap_{k}": round(v, 6) for k, v in gap.items()}
+
+    @torch.no_grad()
+    def recompute_bn(self, source: BatchSource) -> int:
+        """Precise BN (``config.precise_bn_batches``) for :attr:`PRECISE_BN_NETWORKS` (their
+        averages when ``ema_decay`` is set): population statistics of the final weights over
+        training batches drawn from ``source``'s current pool, composed by :meth:`bn_inputs`.
+        ``source``'s random state is restored afterwards, so the result depends only on the
+        checkpointed state (a resumed run recomputes the same statistics). Returns the batches used."""
+        n = int(self.config.precise_bn_batches)
+        if n <= 0 or not self.PRECISE_BN_NETWORKS:
+            return 0
+        state = source.state_dict()
+
+        def inputs(name: str) -> Iterator[torch.Tensor]:
+            source.load_state_dict(state)  # every network sees the same batches
+            for _ in range(n):
+                x, y = BatchSource.next_batch(source)  # the current pool; a stream is not advanced
+                with self.autocast():
+                    batch = self.bn_inputs(name, self.prepare(x), self.prepare(y), averaged=True)
+                yield batch
+
+        used = 0
+        try:
+            for name in self.PRECISE_BN_NETWORKS:
+                net = self.result(name)
+                with self.autocast():
+                    used = precise_bn(net, inputs(name))
+                ddp.average_buffers(net, self.dist)
+        finally:
+            source.load_state_dict(state)
+        log.info("precise BN: %s re-estimated over %d batches", ", ".join(self.PRECISE_BN_NETWORKS), used)
+        return used
+
     # -- the loop ------------------------------------------------------------------------------
     @property
     def ckpt_dir(self) -> Path | None:
@@ -292,6 +378,8 @@ class Trainer:
                         "lr": self.schedulers[self.trained[0]].get_last_lr()[0],
                         **self.losses.values,
                     }
+                    if (cfg.sample_every and it % cfg.sample_every == 0) or it == cfg.iterations:
+                        rec.update(self.measure_bn_gap(*samples))
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
                 bar.update(1)
@@ -306,6 +394,8 @@ class Trainer:
             bar.close()
             if log_file is not None:
                 log_file.close()
+        if self.iteration >= cfg.iterations:
+            self.recompute_bn(source)
         for net in (*self.nets.values(), *self.ema.values()):
             net.eval()
 
@@ -414,6 +504,3 @@ class Trainer:
             ) from None
         log.info("resumed from %s (iteration %d)", path, self.iteration)
         return True
-
-    def close(self) -> None:
-        ddp.shutdown(self.dist)

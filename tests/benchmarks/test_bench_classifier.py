@@ -13,7 +13,8 @@ import platform
 import pytest
 import torch
 
-from cellbench.eval.classifier import WBCClassifier, classifier_config
+from cellbench.nets.classifier import WBCClassifier
+from cellbench.train.classifier import classifier_config
 
 BATCH = 64
 
@@ -34,6 +35,15 @@ def test_bench_classifier_inference(benchmark, quick_classifier, what):
     fn = getattr(quick_classifier, what)
     out = benchmark(fn, images, batch_size=BATCH)
     assert len(out) == BATCH
+    # the batched call equals the network applied directly to a few images (eval mode, no batching)
+    with torch.no_grad():
+        logits = quick_classifier.logits(images[:4])
+        direct = logits.argmax(1) if what == "predict" else quick_classifier.features(images[:4])
+    if what == "predict":
+        assert torch.equal(out[:4], direct) and 0 <= int(out.min()) and int(out.max()) < 8
+    else:
+        assert out.shape == (BATCH, quick_classifier.feature_dim) and torch.isfinite(out).all()
+        torch.testing.assert_close(out[:4], direct, rtol=1e-4, atol=1e-4)
     benchmark.extra_info.update(
         images_per_call=BATCH, input_size=quick_classifier.input_size, arch=quick_classifier.arch,
         threads=torch.get_num_threads(), machine=platform.machine(), torch=torch.__version__)

@@ -1,23 +1,15 @@
-"""The WBC classifier: a timm network trained from scratch on the target system's (Y) images.
-
-It is the benchmark's judge. The paper (sec. 6) asks whether a cell classification network gives a
-transformed image ``G(x)`` the same class as the real target image ``y``; this module trains that
-network, and also exposes its penultimate features (for FID/KID) and its last convolutional
-feature maps (for a Gram-matrix perceptual loss, the paper's eq. (8) with this network in place
-of VGG-16, the improvement proposed in the paper's conclusion).
+"""Training and evaluation of the WBC classifier (:class:`cellbench.nets.classifier.WBCClassifier`).
 
 Training uses **no colour augmentation by default**: the classifier must react to colour shifts,
 because measuring them is the point. Geometric augmentation (flips and 90 degree rotations, the
 paper's sec. 5.1 augmentation) is on by default; a cell has no preferred orientation.
 
-A saved classifier is a folder::
-
-    DIR/classifier.json        {"format", "arch", "classes", "input_size", "preset", "model_kwargs", ...}
-    DIR/model.safetensors      the weights (and the normalisation constants)
-
 Training with ``work_dir`` keeps::
 
-    WORK_DIR/checkpoint.pt     last finished epoch (model, optimizer, schedule, best weights)
+    WORK_DIR/checkpoints/      the last finished epoch, in the shared checkpoint layout of
+                               :mod:`cellbench.train.checkpoint` (weights.safetensors holds the
+                               model "classifier.*" and the best weights "best.*"; state.pt the
+                               optimizer, schedule and early-stopping state; meta.json the key)
     WORK_DIR/train_log.jsonl   one line per epoch: epoch, train_loss, train_acc, val_acc, val_loss, ...
     WORK_DIR/best/             the returned (best validation accuracy) classifier, once training ended
 
@@ -26,40 +18,40 @@ so an interrupted run resumes from its last finished epoch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .. import __version__
 from ..data.sets import LabelledSet
 from ..errors import CheckpointError, ConfigError, DatasetError, MissingWeightsError
+from ..nets.classifier import WBCClassifier, json_default
+from ..options import check_float, check_int, parse_bool
 from ..presets import load_preset
 from ..tensors import check_batch
+from .checkpoint import (
+    finalize_checkpoint,
+    latest_checkpoint,
+    load_module_weights,
+    module_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
-META_FILE = "classifier.json"
-WEIGHTS_FILE = "model.safetensors"
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train_log.jsonl"
-FORMAT = "cellbench-classifier/1"
-
-# ImageNet statistics (timm's default); fixed constants, so the input normalisation never adapts
-# to the colours being measured.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Every training option with its default; presets (models/classifier.toml) and overrides set them.
 DEFAULTS: dict[str, Any] = {
@@ -86,206 +78,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class WBCClassifier(torch.nn.Module):
-    """A white-blood-cell classifier wrapping a timm network.
-
-    Every method takes ``images`` as a float tensor ``(N, 3, H, W)`` with values in [0, 1] at any
-    ``H, W``; it is resized to ``input_size x input_size`` (antialiased bilinear) and normalised
-    with the stored mean/std inside, so callers pass images exactly as the data layer gives them.
-
-    Parameters
-    ----------
-    arch:
-        timm model name (``timm.list_models()``).
-    classes:
-        Class names; output index ``i`` is ``classes[i]``.
-    input_size:
-        Side of the square network input, in pixels.
-    model_kwargs:
-        Extra arguments for ``timm.create_model`` (a preset's architecture variant).
-    preset:
-        Name of the preset it was trained with (recorded only).
-    """
-
-    def __init__(self, arch: str, classes: Sequence[str], input_size: int, *,
-                 model_kwargs: dict[str, Any] | None = None, preset: str | None = None,
-                 drop_rate: float = 0.0, channels_last: bool = True) -> None:
-        super().__init__()
-        import timm
-
-        if not classes:
-            raise ConfigError("a classifier needs at least one class")
-        self.arch = str(arch)
-        self.classes: list[str] = list(classes)
-        self.input_size = int(input_size)
-        self.model_kwargs: dict[str, Any] = _tuples(dict(model_kwargs or {}))
-        self.preset = preset
-        self.info: dict[str, Any] = {}
-        if not timm.is_model(self.arch):
-            raise ConfigError(f"unknown timm architecture {self.arch!r}; see timm.list_models()")
-        # pretrained=False always: nothing is downloaded (local weights: see pretrained_path).
-        self.net = timm.create_model(self.arch, pretrained=False, num_classes=len(self.classes),
-                                     drop_rate=drop_rate, **self.model_kwargs)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        # channels_last is faster on CPU; it also changes the conv kernels' rounding, so a loaded
-        # classifier uses the same layout as the trained one (identical logits after a round trip).
-        self.channels_last = bool(channels_last)
-        if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
-
-    # -- forward paths -------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize to ``input_size`` and normalise: ``(N, 3, H, W)`` [0, 1] -> ``(N, 3, s, s)``."""
-        check_batch(images)
-        x = images.to(self.device, torch.float32)
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=True)
-        x = (x - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(images)
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(N, C)`` (unnormalised log-probabilities), differentiable."""
-        return self.net(self.prepare(images))
-
-    def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """The last convolutional feature maps ``(N, C', h, w)`` (for a Gram perceptual loss, eq. (8)).
-
-        Differentiable with respect to ``images``; the classifier's own weights are frozen after
-        training, so a generator can be optimised through it.
-        """
-        return self.net.forward_features(self.prepare(images))
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Penultimate pooled features ``(N, D)`` (the input of the last linear layer; for FID/KID)."""
-        return self.net.forward_head(self.feature_maps(images), pre_logits=True).flatten(1)
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.net.num_features)
-
-    @contextmanager
-    def _eval_mode(self):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
-
-    def predict(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Predicted class indices into :attr:`classes`, a CPU ``LongTensor`` ``(N,)``.
-
-        Runs in eval mode without gradients, ``batch_size`` images at a time.
-        """
-        check_batch(images)
-        out = []
-        with self._eval_mode():
-            for i in range(0, len(images), max(1, int(batch_size))):
-                out.append(self.logits(images[i:i + batch_size]).argmax(1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Softmax probabilities ``(N, C)`` on the CPU (eval mode, no gradients)."""
-        check_batch(images)
-        out = []
-        with self._eval_mode():
-            for i in range(0, len(images), max(1, int(batch_size))):
-                out.append(self.logits(images[i:i + batch_size]).float().softmax(1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
-
-    def predict_labels(self, images: torch.Tensor, batch_size: int = 64) -> list[str]:
-        """Predicted class names, one per image."""
-        return [self.classes[i] for i in self.predict(images, batch_size).tolist()]
-
-    def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """:meth:`features` for many images: eval mode, no gradients, batched; CPU ``(N, D)``."""
-        check_batch(images)
-        out = []
-        with self._eval_mode():
-            for i in range(0, len(images), max(1, int(batch_size))):
-                out.append(self.features(images[i:i + batch_size]).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
-
-    # -- persistence ---------------------------------------------------------------------------
-    def meta(self) -> dict[str, Any]:
-        return {"format": FORMAT, "arch": self.arch, "classes": self.classes, "input_size": self.input_size,
-                "preset": self.preset, "model_kwargs": self.model_kwargs, "channels_last": self.channels_last,
-                "cellbench_version": __version__, "info": self.info}
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``classifier.json`` and ``model.safetensors`` into ``directory`` (created)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(d / (WEIGHTS_FILE + ".tmp")))
-        os.replace(d / (WEIGHTS_FILE + ".tmp"), d / WEIGHTS_FILE)
-        tmp = d / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.meta(), indent=1, default=_json_default), encoding="utf-8")
-        os.replace(tmp, d / META_FILE)
-        return d
-
-
-def load_classifier(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> WBCClassifier:
-    """Load a classifier saved by :meth:`WBCClassifier.save` (eval mode, weights frozen).
-
-    Raises
-    ------
-    CheckpointError
-        When ``classifier.json`` or ``model.safetensors`` is missing, unreadable, or does not
-        match (wrong kind of folder, other architecture or classes); the message names the file.
-    """
-    d = Path(directory)
-    meta_path, weights_path = d / META_FILE, d / WEIGHTS_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path}: not found; {d} is not a saved classifier "
-                              "(train one with `train_classifier` or `cellbench run-all`)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: unreadable ({exc}); delete the folder and retrain") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a cellbench classifier file (expected format {FORMAT!r})")
-    missing = [k for k in ("arch", "classes", "input_size") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{meta_path}: missing field(s) {', '.join(missing)}; "
-                              "delete the folder and retrain")
-    try:
-        clf = WBCClassifier(meta["arch"], meta["classes"], int(meta["input_size"]),
-                            model_kwargs=meta.get("model_kwargs") or {}, preset=meta.get("preset"),
-                            channels_last=bool(meta.get("channels_last", True)))
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path}: cannot build the network ({exc})") from None
-    clf.info = dict(meta.get("info") or {})
-    if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path}: not found; the classifier folder {d} is incomplete, "
-                              "retrain it")
-    try:
-        state = load_file(str(weights_path))
-    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights_path}: unreadable safetensors file ({exc}); retrain") from None
-    try:
-        clf.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{weights_path}: weights do not match {meta['arch']} with "
-                              f"{len(meta['classes'])} classes ({first})") from None
-    clf.to(device).eval().requires_grad_(False)
-    return clf
-
-
-# -- training ----------------------------------------------------------------------------------
 def classifier_config(preset: str | None = "quick", **overrides: Any) -> dict[str, Any]:
     """The full training configuration: :data:`DEFAULTS` < preset ``preset`` < ``overrides``."""
     cfg = dict(DEFAULTS)
@@ -293,13 +85,22 @@ def classifier_config(preset: str | None = "quick", **overrides: Any) -> dict[st
     cfg.update(overrides)
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown classifier option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+        import difflib
+
+        hints = [k + "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(k, DEFAULTS, n=1))
+                 for k in unknown]
+        raise ConfigError(f"unknown classifier option(s) {', '.join(hints)}; known: {', '.join(DEFAULTS)}")
     cfg["model_kwargs"] = dict(cfg["model_kwargs"] or {})
     for key in ("epochs", "batch_size", "input_size", "patience", "eval_batch_size", "min_epochs"):
-        if int(cfg[key]) < (0 if key == "min_epochs" else 1):
-            raise ConfigError(f"classifier option {key} must be a positive integer, got {cfg[key]!r}")
-        cfg[key] = int(cfg[key])
-    if cfg["pretrained"] and not cfg["pretrained_path"]:
+        cfg[key] = check_int(cfg[key], f"classifier option {key}", min=0 if key == "min_epochs" else 1)
+    for key in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "colour_jitter", "drop_rate"):
+        positive = key == "lr"
+        upper = 1.0 if key in ("label_smoothing", "drop_rate", "colour_jitter") else None
+        # checked, not converted: the values are part of the benchmark's classifier stage key
+        check_float(cfg[key], f"classifier option {key}", min=0.0, max=upper, min_exclusive=positive)
+    for key in ("geometric_aug", "pretrained", "channels_last"):
+        parse_bool(cfg[key], f"classifier option {key}")
+    if parse_bool(cfg["pretrained"], "pretrained") and not cfg["pretrained_path"]:
         raise MissingWeightsError(
             "pretrained=True needs pretrained_path: a local state dict file; nothing is downloaded")
     return cfg
@@ -359,7 +160,7 @@ def train_classifier(train: LabelledSet, val: LabelledSet, *, preset: str | None
             torch.manual_seed(seed)
             clf = WBCClassifier(cfg["arch"], classes, cfg["input_size"], model_kwargs=cfg["model_kwargs"],
                                 preset=preset, drop_rate=float(cfg["drop_rate"]),
-                                channels_last=bool(cfg["channels_last"]))
+                                channels_last=parse_bool(cfg["channels_last"], "channels_last"))
         if cfg["pretrained_path"]:
             _load_pretrained(clf, Path(cfg["pretrained_path"]))
         clf.to(device)
@@ -369,6 +170,7 @@ def train_classifier(train: LabelledSet, val: LabelledSet, *, preset: str | None
         x_val = _resized_uint8(val.images, cfg["input_size"])
         y_val = torch.tensor([classes.index(c) for c in val.labels], dtype=torch.long)
 
+        geometric = parse_bool(cfg["geometric_aug"], "geometric_aug")
         bs = min(cfg["batch_size"], len(x_train))
         steps_per_epoch = max(1, len(x_train) // bs)  # drop_last: BatchNorm needs > 1 sample
         total_steps = cfg["epochs"] * steps_per_epoch
@@ -396,7 +198,7 @@ def train_classifier(train: LabelledSet, val: LabelledSet, *, preset: str | None
             for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not progress):
                 idx = order[i * bs:(i + 1) * bs]
                 xb = x_train[idx].float().div_(255.0)
-                xb = _augment(xb, gen, geometric=cfg["geometric_aug"], colour_jitter=cfg["colour_jitter"])
+                xb = _augment(xb, gen, geometric=geometric, colour_jitter=float(cfg["colour_jitter"]))
                 yb = y_train[idx].to(device)
                 out = clf.logits(xb)
                 loss = F.cross_entropy(out, yb, label_smoothing=float(cfg["label_smoothing"]))
@@ -523,7 +325,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, *, geometric: bool, colour_j
 def _evaluate_tensors(clf: WBCClassifier, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int,
                       ) -> tuple[float, float]:
     loss_sum, correct = 0.0, 0
-    with clf._eval_mode():
+    with clf.eval_mode():
         for i in range(0, len(x_u8), batch_size):
             out = clf.logits(x_u8[i:i + batch_size].float().div_(255.0)).float().cpu()
             yb = y[i:i + batch_size]
@@ -565,41 +367,44 @@ def _config_key(cfg: dict[str, Any], classes: list[str], seed: int, train: Label
 
 
 def _digest(ids: Sequence[str]) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def _save_checkpoint(work: Path, key: str, clf: WBCClassifier, opt, sched, state: dict) -> None:
-    payload = {"key": key, "model": clf.state_dict(), "optimizer": opt.state_dict(),
-               "scheduler": sched.state_dict(), "state": {k: v for k, v in state.items() if k != "history"}}
-    tmp = work / (CHECKPOINT_FILE + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, work / CHECKPOINT_FILE)
+    """The finished epoch ``state["epoch"]`` through the shared checkpoint helpers (one rank)."""
+    weights = module_weights({"classifier": clf})
+    if state["best_state"] is not None:
+        weights.update({f"best.{k}": v.contiguous() for k, v in state["best_state"].items()})
+    progress = {k: v for k, v in state.items() if k not in ("history", "best_state")}
+    ckpt_dir = work / CHECKPOINT_DIR
+    save_checkpoint(ckpt_dir, state["epoch"], weights=weights,
+                    state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "progress": progress},
+                    rank_state={}, rank=0, meta={"kind": "classifier", "key": key, "epoch": state["epoch"]})
+    finalize_checkpoint(ckpt_dir, state["epoch"], keep=1)
 
 
 def _resume(work: Path, key: str, clf: WBCClassifier, opt, sched, state: dict) -> dict:
-    path = work / CHECKPOINT_FILE
     log_path = work / LOG_FILE
-    if not path.exists():
+    path = latest_checkpoint(work / CHECKPOINT_DIR)
+    if path is None:
         if log_path.exists():
             log_path.unlink()  # a log without a checkpoint belongs to nothing that can resume
         return state
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from None
-    if not isinstance(payload, dict) or payload.get("key") != key:
+    meta, weights, saved, _ = read_checkpoint(path, 0)
+    if meta.get("key") != key:
         raise CheckpointError(f"{path}: checkpoint of a different classifier configuration or data; "
                               "use another work_dir or delete this one to start over")
     try:
-        clf.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
-        sched.load_state_dict(payload["scheduler"])
-    except (KeyError, RuntimeError, ValueError) as exc:
+        load_module_weights({"classifier": clf}, weights, path)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        progress = dict(saved["progress"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match the model ({exc}); delete it") from None
     restored = dict(state)
-    restored.update(payload["state"])
+    restored.update(progress)
+    best = {k[len("best."):]: v for k, v in weights.items() if k.startswith("best.")}
+    restored["best_state"] = best or None
     history = []
     if log_path.exists():
         for line in log_path.read_text(encoding="utf-8").splitlines():
@@ -613,24 +418,8 @@ def _resume(work: Path, key: str, clf: WBCClassifier, opt, sched, state: dict) -
     return restored
 
 
-def _tuples(kw: dict[str, Any]) -> dict[str, Any]:
-    """TOML/JSON give lists; timm wants tuples for channel/layer specs."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-
-
 def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(cfg, default=_json_default))
+    return json.loads(json.dumps(cfg, default=json_default))
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, tuple):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.device):
-        return str(o)
-    return str(o)
-
-
-__all__ = ["DEFAULTS", "WBCClassifier", "classifier_config", "evaluate_classifier", "load_classifier",
-           "train_classifier"]
+__all__ = ["DEFAULTS", "classifier_config", "evaluate_classifier", "train_classifier"]

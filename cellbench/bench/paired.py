@@ -1,0 +1,195 @@
+"""The paired track: X/Y pairs of the same cells (``synthetic``, ``paired:ROOT``, ``resim:DIR``).
+
+Stages of its own: ``data`` (train/val/test pairs, uint8), ``resim`` (``resim:DIR`` only: the
+re-simulated pairs), ``test-masks`` (region masks of the test Y images when the dataset has none).
+Methods are scored against their Y partner (paired image metrics, colour statistics, agreement
+with the classifier on Y, accuracy, realism); the ``ceiling`` reference is a second rendering y2
+of the same scenes (synthetic data only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data.sets import LabelledSet, PairedSet
+from ..data.spec import DataSpec
+from ..errors import ConfigError
+from ..results import Record
+from .cache import StageCache, source_version
+from .config import RunConfig
+from .store import load_paired, load_tensors, save_paired, save_tensors, to_uint8
+from .track import MIN_REALISM_IMAGES, Evaluation, RunContext, SampleRow, folder_fingerprint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PairedTrack"]
+
+SPLITS = ("train", "val", "test")
+
+
+class PairedTrack:
+    """Registered pairs (see the module docstring)."""
+
+    kind = "paired"
+    title = None  # the default report title
+    mcnemar_basis = "agreement"
+    confusion_title = "classifier on {m}(X) (test)"
+
+    def __init__(self, spec: DataSpec, cfg: RunConfig, cache: StageCache, *, seed: int = 0,
+                 progress: bool = True) -> None:
+        if spec.kind not in ("synthetic", "paired", "resim"):
+            raise ConfigError(f"--data {spec}: the paired track needs synthetic, paired:ROOT or resim:DIR")
+        self.spec, self.cfg, self.cache, self.seed, self.progress = spec, cfg, cache, seed, progress
+        self._sets: dict[str, PairedSet] = {}
+        self._masks: torch.Tensor | None = None
+
+    # -- data ---------------------------------------------------------------------------------------
+    def data_key(self) -> dict[str, Any]:
+        key: dict[str, Any] = {"kind": self.spec.kind, "size": self.cfg.size, "seed": self.seed,
+                               "version": __version__}
+        if self.spec.kind == "synthetic":
+            key.update(options=dict(sorted(self.spec.options.items())), synthetic_n=self.cfg.synthetic_n)
+        else:
+            key["dataset"] = folder_fingerprint(self.spec.path)
+        if self.spec.kind == "resim":
+            key["resim_limit_per_class"] = self.cfg.resim_limit_per_class
+        return key
+
+    def classifier_key(self) -> dict[str, Any]:
+        return {"data": self.data_key()}
+
+    def describe(self) -> dict[str, Any]:
+        return self.data_key()
+
+    def check_methods(self, methods: Sequence[str]) -> list[str]:
+        return list(methods)
+
+    def split(self, name: str) -> PairedSet:
+        if name not in self._sets:
+            st = self.cache.stage("data", self.data_key())
+            if not self.cache.ready(st):
+                log.info("stage data: preparing %s", self.spec.kind)
+                self.cache.begin(st)
+                for s in SPLITS:
+                    save_paired(st, s, self._make_split(s))
+                self.cache.finish(st)
+            self._sets.update({s: load_paired(st, s) for s in SPLITS})
+        return self._sets[name]
+
+    def _make_split(self, split: str) -> PairedSet:
+        from ..data.folders import PairedFolder
+        from ..sim import synthetic_split
+
+        if self.spec.kind == "synthetic":
+            spec = DataSpec("synthetic", None, {"n": str(self.cfg.synthetic_n), **self.spec.options})
+            return synthetic_split(spec, split, size=self.cfg.size, second_y=(split == "test"))
+        root = self.spec.path if self.spec.kind == "paired" else self._resim_root()
+        return PairedFolder(root, seed=self.seed).load(split, size=self.cfg.size)
+
+    def _resim_root(self):
+        from ..sim import resimulate_folder
+
+        limit = self.cfg.resim_limit_per_class or None
+        st = self.cache.stage("resim", {"real": folder_fingerprint(self.spec.path), "size": self.cfg.size,
+                                         "seed": self.seed, "limit": limit, "version": __version__})
+        if not self.cache.ready(st):
+            self.cache.begin(st)
+            st.write_dir("pairs", lambda tmp: resimulate_folder(self.spec.path, tmp, size=self.cfg.size,
+                                                                seed=self.seed, limit_per_class=limit,
+                                                                progress=self.progress))
+            self.cache.finish(st)
+        return st.path("pairs")
+
+    def classifier_data(self) -> tuple[LabelledSet, LabelledSet]:
+        train, val = self.split("train"), self.split("val")
+        return LabelledSet(train.y, train.labels, train.ids), LabelledSet(val.y, val.labels, val.ids)
+
+    def train_data(self) -> PairedSet:
+        return self.split("train")
+
+    def test_inputs(self) -> torch.Tensor:
+        return self.split("test").x
+
+    def test_labels(self) -> list[str]:
+        return list(self.split("test").labels)
+
+    def reference_images(self) -> dict[str, torch.Tensor]:
+        test = self.split("test")
+        return {"y": test.y} if test.y2 is None else {"y": test.y, "y2": test.y2}
+
+    def reference_labels(self) -> list[str]:
+        return self.test_labels()
+
+    def test_masks(self) -> torch.Tensor | None:
+        """Region masks of the test Y images: the dataset's, else the project's segmentation (a stage)."""
+        from ..eval.evaluate import region_masks
+
+        test = self.split("test")
+        if test.masks is not None:
+            return test.masks
+        if self._masks is None:
+            st = self.cache.stage("test-masks", {"data": self.data_key(),
+                                                  "version": source_version("cellbench.segmentation")})
+            if not self.cache.ready(st):
+                self.cache.begin(st)
+                masks = region_masks(test, seed=self.seed)
+                save_tensors(st, "masks.safetensors", {"masks": masks.to(torch.uint8)})
+                self.cache.finish(st)
+            self._masks = load_tensors(st, "masks.safetensors")["masks"]
+        return self._masks
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
+                 ) -> tuple[list[Record], np.ndarray]:
+        from ..eval.evaluate import evaluate_paired, realism_records
+
+        test, clf, ref = self.split("test"), ctx.classifier(), ctx.reference_predictions()
+        records = evaluate_paired(method, outputs, test, run=ctx.run_name, classifier=clf, y_pred=ref["y"],
+                                  g_pred=pred, masks=self.test_masks(), seed=ctx.seed)
+        if ctx.realism and len(test) < MIN_REALISM_IMAGES:
+            log.warning("realism metrics skipped: %d test images (at least %d needed)", len(test), MIN_REALISM_IMAGES)
+        elif ctx.realism:
+            records += realism_records(ctx.run_name, method, real=test.y, fake=outputs,
+                                       real_features=ctx.reference_features(),
+                                       fake_features=clf.features(outputs).float().cpu().numpy(), seed=ctx.seed)
+        return records, pred == ref["y"]
+
+    def reference_names(self) -> list[str]:
+        # only the simulator renders the test scenes twice (y2); known without loading any data
+        return ["ceiling"] if self.spec.kind == "synthetic" else []
+
+    def evaluate_reference(self, ctx: RunContext, name: str) -> Evaluation | None:
+        """The ceiling: the classifier on y vs on a second rendering y2 (synthetic data only)."""
+        from ..eval.evaluate import evaluate_paired
+
+        test = self.split("test")
+        if name != "ceiling" or test.y2 is None:
+            return None
+        ref = ctx.reference_predictions()
+        records = evaluate_paired("ceiling", test.y2, test, run=ctx.run_name, classifier=ctx.classifier(),
+                                  y_pred=ref["y"], g_pred=ref["y2"], masks=self.test_masks(), seed=ctx.seed,
+                                  role="reference")
+        return Evaluation(records, to_uint8(test.y2), ref["y2"], ref["y2"] == ref["y"])
+
+    def summary_records(self, ctx: RunContext, evaluations: dict[str, Evaluation]) -> list[Record]:
+        return []
+
+    def sample_rows(self, outputs: dict[str, torch.Tensor], per_class: int) -> tuple[list[str], list[SampleRow]]:
+        test = self.split("test")
+        chosen: list[int] = []
+        for c in sorted(set(test.labels)):
+            chosen += [i for i, lab in enumerate(test.labels) if lab == c][:per_class]
+        rows = []
+        for i in chosen:
+            images = {"X": to_uint8(test.x[i]), **{m: out[i] for m, out in outputs.items()}, "Y": to_uint8(test.y[i])}
+            rows.append(SampleRow(test.labels[i], test.ids[i], images, target="Y"))
+        return ["X", *outputs, "Y"], rows
+
+    def metadata(self) -> dict[str, Any]:
+        return {"data": str(self.spec), "track": "paired"}

@@ -1,0 +1,290 @@
+"""``run-all`` and ``compare``: one run loop over a track's stages, for every track.
+
+Stages (each cached under ``RUN_DIR/stages/<name>-<hash>/``, see :mod:`cellbench.bench.cache`;
+an interrupted run resumes where it stopped, trained methods inside their stage from their last
+checkpoint):
+
+1. the track's data stages (``data``/``resim``/``test-masks`` or ``cross-data``)
+2. ``classifier``        the WBC classifier trained on Y train (early stopping on Y val)
+3. ``test-predictions``  the classifier's predictions on the real test targets; ``test-features``
+                         its penultimate features of them (FID, KID)
+4. ``fit-<m>``           each normalizer fitted (or trained, or distilled) on the track's training data
+5. ``eval-<m>``          test outputs, predictions and the track's records of each method and reference
+6. ``speed-<m>``         latency / throughput / memory on this host
+7. results               ``results.json``, ``results.csv``, ``config.json``, ``artifacts/``; the CLI builds the report
+
+The whole run holds :class:`cellbench.fs.FolderLock` on the run folder. The layout of the run
+folder is documented in ``docs/run-folder.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CellbenchError
+from ..fs import FolderLock, atomic_write
+from ..results import Record, check_fingerprints, fingerprint_differences, load_results, run_metadata, save_results
+from .artifacts import write_artifacts
+from .cache import Stage, StageCache, config_hash, host_info, source_version
+from .config import RunConfig
+from .fitting import Fits, check_method, stage_name
+from .store import load_array, load_records, load_tensors, save_array, save_records, save_tensors, to_uint8
+from .track import Evaluation, Track
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Benchmark", "EVAL_MODULES"]
+
+#: An evaluation's records depend on these modules' code: their source hash is the eval stages' version.
+EVAL_MODULES = ("cellbench.eval.evaluate", "cellbench.eval.image", "cellbench.eval.colour", "cellbench.eval.agreement",
+                "cellbench.eval.realism", "cellbench.eval.metrics", "cellbench.segmentation", "cellbench.bench.track",
+                "cellbench.bench.paired", "cellbench.bench.cross")
+SPEED_MODULES = ("cellbench.eval.profiling", "cellbench.eval.evaluate", "cellbench.eval.metrics")
+
+
+class Benchmark:
+    """One benchmark run of ``methods`` on ``track`` in ``run_dir`` (see the module docstring)."""
+
+    def __init__(self, run_dir: str | os.PathLike, track: Track, cfg: RunConfig, *, methods: list[str],
+                 device: str = "cpu", seed: int = 0, progress: bool = True, cache: StageCache | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_name = self.run_dir.resolve().name or "run"
+        self.track, self.cfg, self.seed, self.device, self.progress = track, cfg, seed, device, progress
+        self.realism = cfg.realism
+        self.methods = track.check_methods([check_method(m) for m in methods])
+        self.cache = cache if cache is not None else StageCache(self.run_dir)
+        self.fits = Fits(self.cache, track, cfg, device=device, seed=seed, progress=progress)
+        self._refs: dict[str, np.ndarray] | None = None
+        self._feats: np.ndarray | None = None
+
+    # -- shared test-set stages -----------------------------------------------------------------------
+    def classifier(self):
+        return self.fits.classifier()
+
+    def _test_stage(self, name: str) -> Stage:
+        return self.cache.stage(name, {"classifier": self.fits.classifier_stage().key, "data": self.track.data_key()})
+
+    def reference_predictions(self) -> dict[str, np.ndarray]:
+        """Classifier predictions on the track's real test targets (``"y"``, and ``"y2"`` when rendered twice)."""
+        if self._refs is None:
+            st = self._test_stage("test-predictions")
+            images = self.track.reference_images()
+            if not self.cache.ready(st):
+                clf = self.classifier()
+                self.cache.begin(st)
+                for key, imgs in images.items():
+                    save_array(st, f"{key}.npy", clf.predict(imgs).cpu().numpy())
+                self.cache.finish(st)
+            self._refs = {key: load_array(st, f"{key}.npy") for key in images}
+        return self._refs
+
+    def reference_features(self) -> np.ndarray:
+        """The classifier's penultimate features of the real test targets (FID, KID)."""
+        if self._feats is None:
+            st = self._test_stage("test-features")
+            if not self.cache.ready(st):
+                feats = self.classifier().features(self.track.reference_images()["y"]).float().cpu()
+                self.cache.begin(st)
+                save_tensors(st, "features.safetensors", {"features": feats})
+                self.cache.finish(st)
+            self._feats = load_tensors(st, "features.safetensors")["features"].numpy()
+        return self._feats
+
+    # -- evaluation and speed -------------------------------------------------------------------------
+    def eval_stage(self, name: str) -> Stage:
+        """The stage of a method's evaluation (or a reference's: one of ``track.reference_names()``)."""
+        fit = None if name in self.track.reference_names() else self.fits.fit_stage(name).key
+        return self.cache.stage(f"eval-{stage_name(name)}", {
+            "fit": fit, "classifier": self.fits.classifier_stage().key, "data": self.track.data_key(),
+            "track": self.track.kind, "realism": self.realism, "version": source_version(*EVAL_MODULES)})
+
+    def transform_all(self, norm, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([norm.transform(x[i:i + batch_size].to(self.device)).float().cpu()
+                              for i in range(0, len(x), batch_size)])
+
+    def evaluate(self, name: str) -> Evaluation | None:
+        """A method's (or reference's) evaluation, from its stage or computed now."""
+        st = self.eval_stage(name)
+        if not self.cache.ready(st):
+            refs = self.track.reference_names()
+            ev = self.track.evaluate_reference(self, name) if name in refs else self._evaluate_method(name)
+            if ev is None:
+                return None
+            self.cache.begin(st)
+            save_tensors(st, "outputs.safetensors", {"outputs": ev.outputs})
+            save_array(st, "pred.npy", ev.pred)
+            save_array(st, "success.npy", ev.success)
+            save_records(st, "records.json", ev.records)
+            self.cache.finish(st, fingerprint=self.fingerprint())
+        return Evaluation(load_records(st, "records.json"), load_tensors(st, "outputs.safetensors")["outputs"],
+                          load_array(st, "pred.npy"), load_array(st, "success.npy"))
+
+    def _evaluate_method(self, name: str) -> Evaluation:
+        from ..eval.evaluate import fit_records, passthrough_records
+
+        norm = self.fits.fitted(name)
+        x = self.track.test_inputs()
+        log.info("stage eval-%s: transforming %d test images", name, len(x))
+        outputs = self.transform_all(norm, x)
+        pred = self.classifier().predict(outputs).cpu().numpy()
+        records, success = self.track.evaluate(self, name, outputs, pred)
+        fit = self.fits.fit_info(name) or {}
+        records += fit_records(self.run_name, name, fit.get("seconds", float("nan")), n=int(fit.get("n", 0)))
+        records += passthrough_records(self.run_name, name, norm.passthrough_count, n=len(x))
+        return Evaluation(records, to_uint8(outputs), pred, np.asarray(success, dtype=bool))
+
+    def speed_stage(self, name: str) -> Stage:
+        """The speed stage of a method on this host (timings of another machine are never reused)."""
+        return self.cache.stage(f"speed-{stage_name(name)}", {
+            "fit": self.fits.fit_stage(name).key, "size": self.cfg.size, "batch_sizes": self.cfg.speed_batch_sizes,
+            "repeats": self.cfg.speed_repeats, "seconds": self.cfg.speed_seconds, "host": host_info(self.device),
+            "version": source_version(*SPEED_MODULES)})
+
+    def speed(self, name: str) -> list[Record]:
+        from ..eval.evaluate import speed_records
+        from ..eval.profiling import profile_normalizer
+
+        st = self.speed_stage(name)
+        if not self.cache.ready(st):
+            prof = profile_normalizer(self.fits.fitted(name), size=self.cfg.size, device=self.device,
+                                      batch_sizes=self.cfg.speed_batch_sizes, repeats=self.cfg.speed_repeats,
+                                      max_seconds=self.cfg.speed_seconds)
+            self.cache.begin(st)
+            save_records(st, "records.json", speed_records(self.run_name, name, prof, split="speed"))
+            self.cache.finish(st)
+        return load_records(st, "records.json")
+
+    # -- the whole run --------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What every stored row must share: the data and splits, and the classifier."""
+        return {"data": {**self.track.describe(), "hash": config_hash(self.track.data_key())},
+                "classifier": {"preset": self.cfg.classifier_preset, "hash": self.fits.classifier_stage().key}}
+
+    def check_results_compatible(self) -> list[Record]:
+        """Stored records (for ``compare``), refused when computed on other data or another classifier."""
+        path = self.run_dir / "results.json"
+        if not path.exists():
+            return []
+        old, meta = load_results(path)
+        check_fingerprints(meta, path)
+        fps = meta.get("fingerprints") or {}
+        mine = self.fingerprint()
+        stale = [m for m, fp in fps.items() if fingerprint_differences(fp, mine)]
+        if stale:
+            diff = fingerprint_differences(fps[stale[0]], mine)
+            raise CellbenchError(f"{path}: rows for {', '.join(stale)} were computed on another test set or "
+                                 f"classifier ({'; '.join(diff)}); re-run run-all (or compare into another --run)")
+        return old
+
+    def run(self, *, comparison: bool = False, finish: Callable[[Path, list[str], str], Path] | None = None) -> Path:
+        """Run every stage under the run folder's lock; returns ``results.json`` (or what ``finish`` returns).
+
+        ``finish(run_dir, methods, title)`` is called with the results written, still under the lock: the
+        CLI passes the report builder (the report is a layer above the benchmark).
+        """
+        with FolderLock(self.run_dir, what="run folder"):
+            return self._run(comparison=comparison, finish=finish)
+
+    def _run(self, *, comparison: bool, finish: Callable[[Path, list[str], str], Path] | None) -> Path:
+        from ..eval.evaluate import classifier_records, mcnemar_records
+        from ..eval.metrics import METRICS
+
+        t0 = time.perf_counter()
+        kept = self.check_results_compatible() if comparison else []
+        bar = _bar(len(self.methods) + 3, self.progress)
+        clf = self.classifier()
+        refs = self.reference_predictions()
+        records = classifier_records(self.run_name, refs["y"], self.track.reference_labels(), clf.classes)
+        bar.update()
+        evals: dict[str, Evaluation] = {}
+        for m in self.methods:
+            bar.set_postfix_str(m)
+            evals[m] = self.evaluate(m)
+            records += evals[m].records
+            bar.update()
+        references = {name: self.evaluate(name) for name in self.track.reference_names()}
+        for ev in references.values():
+            records += ev.records if ev is not None else []
+        records += self.track.summary_records(self, evals)
+        records += mcnemar_records(self.run_name, {m: ev.success for m, ev in evals.items()},
+                                   basis=self.track.mcnemar_basis)
+        for m in self.methods:
+            bar.set_postfix_str(f"speed {m}")
+            records += self.speed(m)
+        bar.update()
+        methods = self.methods
+        if comparison:
+            compared = set(self.methods)
+            kept = [r for r in kept if not r.reference and (
+                not compared >= {r.method, r.extra.get("vs", r.method)} if r.metric == "mcnemar_p"
+                else r.method not in compared)]
+            others = [m for m in dict.fromkeys(r.method for r in kept) if self._cached_eval(m)]
+            methods = others + self.methods
+            records = kept + records
+        write_artifacts(self.run_dir, self.track, methods, self._artifact_evals(methods, evals), clf.classes,
+                        refs["y"], self._curves(methods), per_class=self.cfg.samples_per_class)
+        config = {**self.cfg.as_dict(), **self.track.metadata(), "methods": self.methods, "device": self.device,
+                  "seed": self.seed, "feature_net": self.fits.feature_nets(self.methods)}
+        meta = run_metadata(config)
+        meta["seconds"] = time.perf_counter() - t0
+        fp = self.fingerprint()
+        meta["fingerprint"] = fp
+        meta["fingerprints"] = {m: fp for m in dict.fromkeys(r.method for r in records)}
+        save_results(self.run_dir, records, meta, metrics=METRICS)
+        atomic_write(self.run_dir / "config.json", _json(config))
+        out = self.run_dir / "results.json"
+        if finish is not None:
+            out = finish(self.run_dir, list(self.methods), self.track.title)
+        bar.update()
+        bar.close()
+        return out
+
+    def _cached_eval(self, method: str) -> bool:
+        """Whether a stored method (of an earlier run-all) has its evaluation cached under this configuration."""
+        try:
+            return self.cache.ready(self.eval_stage(method))
+        except CellbenchError:  # no longer registered
+            return False
+
+    def _artifact_evals(self, methods: list[str], evals: dict[str, Evaluation]) -> dict[str, Evaluation]:
+        out = dict(evals)
+        for m in methods:
+            if m not in out:
+                st = self.eval_stage(m)
+                out[m] = Evaluation([], load_tensors(st, "outputs.safetensors")["outputs"],
+                                    load_array(st, "pred.npy"), load_array(st, "success.npy"))
+        return out
+
+    def _curves(self, methods: list[str]) -> dict[str, Path]:
+        logs = {m: self.fits.fit_stage(m).path("work") / "train_log.jsonl" for m in methods}
+        logs["classifier"] = self.fits.classifier_stage().path("work") / "train_log.jsonl"
+        return {m: p for m, p in logs.items() if p.is_file()}
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=1, default=str)
+
+
+class _NullBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, s: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return _NullBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="run-all", unit="stage")

@@ -1,0 +1,92 @@
+"""Datasets, outputs and records in stage folders: uint8 safetensors + JSON, written atomically.
+
+Images are stored as uint8 (``round(255 x)``), as the benchmark has always evaluated them: a
+reloaded set is bit-identical to what every stage saw on the first run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..data.sets import LabelledSet, PairedSet
+from ..results import Record
+from .cache import Stage
+
+__all__ = ["to_uint8", "save_paired", "load_paired", "save_labelled", "load_labelled", "save_tensors",
+           "load_tensors", "save_records", "load_records", "save_array", "load_array", "StoreError"]
+
+
+class StoreError(RuntimeError):
+    """A stored stage file cannot be read back (the stage is redone)."""
+
+
+def to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 (rounded), as every stage stores them."""
+    return t.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def _float(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float().div_(255.0)
+
+
+def save_tensors(stage: Stage, rel: str, tensors: dict[str, torch.Tensor]) -> None:
+    stage.write_file(rel, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
+
+
+def load_tensors(stage: Stage, rel: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(stage.path(rel)))
+    except (OSError, SafetensorError) as exc:
+        raise StoreError(f"{stage.path(rel)}: {exc}") from None
+
+
+def save_paired(stage: Stage, split: str, data: PairedSet) -> None:
+    """``<split>.safetensors`` (x, y, optional masks and y2 as uint8) + ``<split>.json`` (labels, ids)."""
+    tensors = {"x": to_uint8(data.x), "y": to_uint8(data.y)}
+    if data.masks is not None:
+        tensors["masks"] = data.masks.to(torch.uint8)
+    if data.y2 is not None:
+        tensors["y2"] = to_uint8(data.y2)
+    save_tensors(stage, f"{split}.safetensors", tensors)
+    stage.write_json(f"{split}.json", {"labels": list(data.labels), "ids": list(data.ids)})
+
+
+def load_paired(stage: Stage, split: str) -> PairedSet:
+    t = load_tensors(stage, f"{split}.safetensors")
+    meta = stage.load_json(f"{split}.json")
+    return PairedSet(_float(t["x"]), _float(t["y"]), meta["labels"], meta["ids"], t.get("masks"), _float(t.get("y2")))
+
+
+def save_labelled(stage: Stage, name: str, data: LabelledSet) -> None:
+    save_tensors(stage, f"{name}.safetensors", {"images": to_uint8(data.images)})
+    stage.write_json(f"{name}.json", {"labels": list(data.labels), "ids": list(data.ids)})
+
+
+def load_labelled(stage: Stage, name: str) -> LabelledSet:
+    meta = stage.load_json(f"{name}.json")
+    return LabelledSet(_float(load_tensors(stage, f"{name}.safetensors")["images"]), meta["labels"], meta["ids"])
+
+
+def save_records(stage: Stage, rel: str, records: list[Record]) -> None:
+    stage.write_json(rel, [r.to_dict() for r in records])
+
+
+def load_records(stage: Stage, rel: str) -> list[Record]:
+    return [Record.from_dict(d) for d in json.loads(stage.path(rel).read_text(encoding="utf-8"))]
+
+
+def save_array(stage: Stage, rel: str, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(array))
+
+    stage.write_file(rel, write)
+
+
+def load_array(stage: Stage, rel: str) -> np.ndarray:
+    return np.load(stage.path(rel), allow_pickle=False)
