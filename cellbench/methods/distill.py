@@ -305,8 +305,25 @@ def _train_pixels(net: nn.Module, xs: torch.Tensor, ys: torch.Tensor, cnt: torch
         sched.step()
 
 
+class NetStudent(Normalizer):
+    """Shared persistence of the students that hold one network in ``self.net`` (pixelnet, ctx)."""
+
+    net: nn.Module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        self.net.eval()
+
+    def to(self, device) -> Self:
+        self.net.to(device)
+        return self
+
+
 @register_normalizer
-class PixelNetNormalizer(Normalizer):
+class PixelNetNormalizer(NetStudent):
     """StainNet-like per-pixel network (Kang et al., Frontiers in Medicine 2021).
 
     Parameters
@@ -365,16 +382,6 @@ class PixelNetNormalizer(Normalizer):
             out[i:i + 1] = net(x[i:i + 1])
         return out
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-        self.net.eval()
-
-    def to(self, device) -> Self:
-        self.net.to(device)
-        return self
 
 
 # -- ctx -----------------------------------------------------------------------------------------
@@ -412,7 +419,7 @@ class CtxNet(nn.Module):
 
 
 @register_normalizer
-class CtxNormalizer(Normalizer):
+class CtxNormalizer(NetStudent):
     """Small-context student (:class:`CtxNet`) trained on random crops of the training pairs.
 
     Parameters
@@ -498,16 +505,6 @@ class CtxNormalizer(Normalizer):
             out = net(x)
         return out[:, :, :h, :w].to(images.device)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-        self.net.eval()
-
-    def to(self, device) -> Self:
-        self.net.to(device)
-        return self
 
 
 def lut_of(normalizer: Normalizer) -> torch.Tensor:
