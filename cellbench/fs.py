@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -31,17 +32,27 @@ from pathlib import Path
 
 from .errors import CellbenchError
 
-__all__ = ["atomic_path", "atomic_write", "file_mode", "sha256_file", "FolderLock", "LockedError"]
+__all__ = ["atomic_path", "atomic_dir", "atomic_write", "file_mode", "dir_mode", "sha256_file", "FolderLock",
+           "LockedError"]
 
 _UMASK_LOCK = threading.Lock()
 
 
-def file_mode() -> int:
-    """The mode ``open(path, "w")`` would give a new file: ``0o666 & ~umask``."""
+def _umask() -> int:
     with _UMASK_LOCK:  # os.umask can only be read by setting it
         mask = os.umask(0o022)
         os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` would give a new folder: ``0o777 & ~umask``."""
+    return 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -63,6 +74,38 @@ def atomic_path(path: str | os.PathLike, *, mode: int | None = None) -> Iterator
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces the folder ``path`` in one rename.
+
+    The tree gets the umask's modes (:func:`dir_mode`, :func:`file_mode`; ``mkdtemp`` makes 0700);
+    an existing ``path`` is moved aside, the new folder renamed in, then the old one removed, so a
+    reader never sees a half-written folder. On failure the temporary folder is removed.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        dmode, fmode = dir_mode(), file_mode()
+        os.chmod(tmp, dmode)
+        for dirpath, dirnames, filenames in os.walk(tmp):
+            for d in dirnames:
+                os.chmod(Path(dirpath) / d, dmode)
+            for f in filenames:
+                os.chmod(Path(dirpath) / f, fmode)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

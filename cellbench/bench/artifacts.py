@@ -9,9 +9,7 @@ matrix and training curve.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fs import atomic_dir
 from .track import Evaluation, Track
 
 __all__ = ["write_artifacts", "ARTIFACTS", "DIFF_MAX"]
@@ -34,30 +33,14 @@ def write_artifacts(run_dir: Path, track: Track, methods: Sequence[str], evals: 
     target = Path(run_dir) / ARTIFACTS
     for stale in Path(run_dir).glob(f".{ARTIFACTS}.*"):  # left by a killed rebuild
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{ARTIFACTS}.", suffix=".tmp"))
-    try:
+    with atomic_dir(target) as tmp:
         _confusions(tmp / "confusion", track, methods, evals, list(classes), y_pred)
         _samples(tmp / "samples", track, methods, evals, per_class)
         (tmp / "curves").mkdir()
         for name, path in curves.items():
             shutil.copyfile(path, tmp / "curves" / f"{name}.jsonl")
         _keep_others(target, tmp, set(methods))
-        _chmod_tree(tmp)
-        _swap(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
-
-
-def _swap(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.parent / f".{ARTIFACTS}.old-{os.getpid()}"
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _keep_others(old: Path, new: Path, rebuilt: set[str]) -> None:
@@ -66,19 +49,6 @@ def _keep_others(old: Path, new: Path, rebuilt: set[str]) -> None:
         for f in sorted((old / sub).glob(f"*{suffix}")) if (old / sub).is_dir() else []:
             if f.name[: -len(suffix)] not in rebuilt and not (new / sub / f.name).exists():
                 shutil.copyfile(f, new / sub / f.name)
-
-
-def _chmod_tree(root: Path) -> None:
-    from ..fs import file_mode
-
-    fmode = file_mode()
-    dmode = fmode | ((fmode & 0o444) >> 2)  # r -> x for folders
-    os.chmod(root, dmode)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            os.chmod(Path(dirpath) / d, dmode)
-        for f in filenames:
-            os.chmod(Path(dirpath) / f, fmode)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -30,14 +30,12 @@ import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..fs import atomic_path, atomic_write, sha256_file
+from ..fs import atomic_dir, atomic_path, atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +117,8 @@ class Stage:
     def write_dir(self, rel: str, write: Callable[[Path], Any]) -> Path:
         """``write(tmp_dir)`` fills a temporary sibling folder, renamed to ``rel`` in one step."""
         target = self.dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        try:
+        with atomic_dir(target) as tmp:
             write(tmp)
-            os.chmod(tmp, 0o777 & ~_umask())
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         for f in sorted(target.rglob("*")):
             if f.is_file():
                 self._track(f.relative_to(self.dir).as_posix())
@@ -174,12 +163,6 @@ class Stage:
         for name in (DONE, RECORD):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / name).unlink()
-
-
-def _umask() -> int:
-    from ..fs import file_mode
-
-    return 0o666 & ~file_mode()
 
 
 class StageCache:

@@ -10,7 +10,6 @@ classifier's features depends on the classifier stage's *key*, not on where it l
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from typing import Any
@@ -144,7 +143,8 @@ class Fits:
         kind, teacher = split_method(name)
         preset, keyed, unkeyed = self.method_params(name)
         if teacher is not None:
-            distill = importlib.import_module("cellbench.methods.distill").distill
+            from ..methods.distill import distill
+
             options = {**load_preset(kind, preset), **keyed, **unkeyed}
             return distill(self.fitted(teacher), data, kind, seed=self.seed, **options)
         if keyed.get("feature_net") == "classifier":
