@@ -20,7 +20,14 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["parse_bool", "check_int", "check_float", "check_choice", "resolve_device", "parse_set_items"]
+__all__ = ["parse_bool", "check_int", "check_float", "check_choice", "check_seed", "resolve_device", "parse_set_items",
+           "MAX_IMAGE_SIDE", "MAX_SEED"]
+
+#: Largest image side any command accepts: a 4096x4096x3 float32 image is ~200 MB, and the
+#: simulator renders spectra per pixel, so larger sides only end in a MemoryError.
+MAX_IMAGE_SIDE = 4096
+#: Seeds feed numpy.random.default_rng and torch.manual_seed: non-negative, below 2**32.
+MAX_SEED = 2**32 - 1
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -85,6 +92,11 @@ def check_float(value: Any, name: str, *, min: float | None = None, max: float |
     if max is not None and v > max:
         raise ConfigError(msg)
     return v
+
+
+def check_seed(value: Any, name: str = "--seed") -> int:
+    """A seed: an integer in [0, 2**32 - 1]."""
+    return check_int(value, name, min=0, max=MAX_SEED)
 
 
 def check_choice(value: Any, name: str, choices: list[str] | tuple[str, ...]) -> str:

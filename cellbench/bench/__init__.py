@@ -24,7 +24,7 @@ from typing import Any
 
 from ..data.spec import parse_data_spec
 from ..errors import ConfigError
-from ..options import check_int, resolve_device
+from ..options import check_seed, resolve_device
 from .cache import Stage, StageCache
 from .config import RunConfig, load_run_config
 from .runner import Benchmark
@@ -51,7 +51,7 @@ def open_benchmark(run_dir: str | os.PathLike, *, profile: str = "quick", data: 
 
     if methods is not None and not list(methods):
         raise ConfigError("--methods: empty list; name at least one method (see `cellbench methods`)")
-    seed = check_int(seed, "--seed", min=0, max=2**32 - 1)
+    seed = check_seed(seed)
     device = resolve_device(device)
     spec = parse_data_spec(data)
     chosen = [check_method(m) for m in methods] if methods else None

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..options import check_choice, check_float, check_int, parse_bool, parse_set_items
+from ..options import MAX_IMAGE_SIDE, check_choice, check_float, check_int, parse_bool, parse_set_items
 from ..presets import models_dir, preset_names
 
 __all__ = ["RunConfig", "load_run_config", "parse_set_items", "MIN_SIZE", "MAX_SIZE", "ALIASES"]
 
 #: Smallest image side of a run: SSIM's 11-tap window and the classifier's pooling need at least this.
 MIN_SIZE = 16
-#: Largest image side (a few GiB of uint8 per 1000 images beyond this).
-MAX_SIZE = 4096
+#: Largest image side (:data:`cellbench.options.MAX_IMAGE_SIDE`, the bound of every command).
+MAX_SIZE = MAX_IMAGE_SIDE
 #: Old option names still accepted on the command line and in profiles.
 ALIASES = {"profile_batch_sizes": "speed_batch_sizes", "profile_repeats": "speed_repeats",
            "profile_seconds": "speed_seconds"}

@@ -10,23 +10,18 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..options import check_float, check_int
+from ..options import MAX_IMAGE_SIDE, check_float, check_int, check_seed
 
-#: Largest image side the commands accept: a 4096x4096x3 float32 batch of one is ~200 MB, and
-#: the simulator renders spectra per pixel, so larger sides only end in a MemoryError.
-MAX_SIZE = 4096
 #: Largest number of simulated pairs (a run of the paper's size is 800).
 MAX_PAIRS = 1_000_000
-#: Seeds feed numpy.random.default_rng and torch.manual_seed: non-negative, below 2**32.
-MAX_SEED = 2**32 - 1
 
 
 def seed(value: int, name: str = "--seed") -> int:
-    return check_int(value, name, min=0, max=MAX_SEED)
+    return check_seed(value, name)
 
 
 def size(value: int, name: str = "--size", *, min: int = 1) -> int:
-    return check_int(value, name, min=min, max=MAX_SIZE)
+    return check_int(value, name, min=min, max=MAX_IMAGE_SIDE)
 
 
 def count(value: int, name: str, *, min: int = 1, max: int | None = None) -> int:
