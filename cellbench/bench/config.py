@@ -51,6 +51,8 @@ class RunConfig:
     speed_seconds: float
     cross_limit_per_class: int = 0
     resim_limit_per_class: int = 0
+    #: Test pairs of the embedded simulated data (0: 10 % of ``synthetic_n``, as the other splits).
+    synthetic_test_n: int = 0
     #: Distilled rows run by default (``KIND:TEACHER``, e.g. ``lut3d:pcnet``); ``--methods`` replaces them too.
     distilled: tuple[str, ...] = ()
 
@@ -132,6 +134,7 @@ def load_run_config(profile: str = "quick", overrides: Mapping[str, Any] | None 
                                   min_exclusive=True, max=86_400.0),
         cross_limit_per_class=check_int(raw.get("cross_limit_per_class", 0), "cross_limit_per_class", min=0),
         resim_limit_per_class=check_int(raw.get("resim_limit_per_class", 0), "resim_limit_per_class", min=0),
+        synthetic_test_n=check_int(raw.get("synthetic_test_n", 0), "synthetic_test_n", min=0, max=1_000_000),
         distilled=_distilled(raw.get("distilled", [])),
     )
     for m in methods:

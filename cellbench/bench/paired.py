@@ -55,6 +55,8 @@ class PairedTrack:
                                "version": __version__}
         if self.spec.kind == "synthetic":
             key.update(options=dict(sorted(self.spec.options.items())), synthetic_n=self.cfg.synthetic_n)
+            if self.cfg.synthetic_test_n:
+                key["synthetic_test_n"] = self.cfg.synthetic_test_n
         else:
             key["dataset"] = folder_fingerprint(self.spec.path)
         if self.spec.kind == "resim":
@@ -87,7 +89,10 @@ class PairedTrack:
         from ..sim import synthetic_split
 
         if self.spec.kind == "synthetic":
-            spec = DataSpec("synthetic", None, {"n": str(self.cfg.synthetic_n), **self.spec.options})
+            opts = {"n": str(self.cfg.synthetic_n)}
+            if self.cfg.synthetic_test_n:
+                opts["test_n"] = str(self.cfg.synthetic_test_n)
+            spec = DataSpec("synthetic", None, {**opts, **self.spec.options})
             return synthetic_split(spec, split, size=self.cfg.size, second_y=(split == "test"))
         root = self.spec.path if self.spec.kind == "paired" else self._resim_root()
         return PairedFolder(root, seed=self.seed).load(split, size=self.cfg.size)

@@ -52,9 +52,9 @@ def parse_data_spec(spec: str) -> DataSpec:
     kind, sep, rest = spec.partition(":")
     if kind == "synthetic":
         opts = _kv(rest, spec)
-        unknown = set(opts) - {"n", "size", "seed", "x", "y"}
+        unknown = set(opts) - {"n", "test_n", "size", "seed", "x", "y"}
         if unknown:
-            raise ConfigError(f"--data {spec!r}: unknown option(s) {sorted(unknown)}; use n, size, seed, x, y")
+            raise ConfigError(f"--data {spec!r}: unknown option(s) {sorted(unknown)}; use n, test_n, size, seed, x, y")
         return DataSpec("synthetic", None, opts)
     if kind == "cross":
         opts = _kv(rest, spec)

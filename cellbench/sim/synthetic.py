@@ -19,13 +19,16 @@ SYNTHETIC_DEFAULTS = {"n": 400, "size": 256, "seed": 0, "x": "dm1200-like", "y":
 def synthetic_split(spec: DataSpec, split: str, *, size: int | None = None, second_y: bool = False) -> PairedSet:
     """The simulator's pairs for one split: items are assigned to splits 80/10/10 by index.
 
+    Option ``test_n`` (``synthetic:n=800,test_n=400``) makes the test split that many items instead
+    (items ``n_train + n_val ..``), so the evaluation can be larger than the fitting sets allow.
     Each item depends only on ``(seed, index)``, so the same spec always gives the same data.
     """
     opts = {**SYNTHETIC_DEFAULTS, **spec.options}
     n = int(opts["n"])
     n_train, n_val = int(round(n * 0.8)), int(round(n * 0.1))
+    n_test = int(opts["test_n"]) if int(opts.get("test_n") or 0) > 0 else n - n_train - n_val
     start, count = {"train": (0, n_train), "val": (n_train, n_val),
-                    "test": (n_train + n_val, n - n_train - n_val)}[split]
+                    "test": (n_train + n_val, n_test)}[split]
     return simulate_pairs(count, size=int(size or opts["size"]), seed=int(opts["seed"]), x_system=opts["x"],
                           y_system=opts["y"], second_y=second_y, start=start)
 
