@@ -12,8 +12,9 @@ from cellbench.cli import main
 from cellbench.io import write_image
 from cellbench.results import load_results
 
-TINY = ["--set", "synthetic_n=80", "--set", 'classifier_preset="tiny"', "--set", "speed_seconds=1.0",
-        "--set", "speed_batch_sizes=[1, 2]", "--set", "speed_repeats=2", "-q"]
+# synthetic_test_n: the quick profile's 400 test pairs (issue #14) would make every tiny run several minutes long
+TINY = ["--set", "synthetic_n=80", "--set", "synthetic_test_n=24", "--set", 'classifier_preset="tiny"',
+        "--set", "speed_seconds=1.0", "--set", "speed_batch_sizes=[1, 2]", "--set", "speed_repeats=2", "-q"]
 METHODS = "identity,affine,hm"
 
 
@@ -56,6 +57,40 @@ def test_run_all_writes_results_artifacts_and_report(run_dir):
     assert "Leaderboard" in html and "hm" in html
 
 
+def test_run_all_records_consistency_paired_differences_and_per_image_values(run_dir):
+    """Issue #14: JS consistency per method, paired bootstrap differences, per-image values in the artifacts."""
+    import csv
+
+    records, _ = load_results(run_dir)
+    overall = {(r.method, r.metric): r for r in records if r.cell_type == "all" and r.region == "all"}
+    for m in ("identity", "affine", "hm", "ceiling"):
+        js = overall[(m, "js_consistency")]
+        assert 0.0 <= js.ci_low <= js.value <= js.ci_high <= 1.0 and js.unit == "bits"
+    # the raw X moves the classifier's probabilities more than a fitted colour map, and than y2
+    assert overall[("identity", "js_consistency")].value > overall[("affine", "js_consistency")].value
+    assert overall[("ceiling", "js_consistency")].value < overall[("identity", "js_consistency")].value
+    diffs = [r for r in records if r.metric == "paired_diff"]
+    pairs = {(r.method, r.extra["vs"], r.extra["metric"], r.region) for r in diffs}
+    for a in ("identity", "affine", "hm"):
+        for b in ("identity", "affine", "hm"):
+            if a != b:
+                assert (a, b, "agreement", "all") in pairs and (a, b, "ciede2000_mean", "wbc") in pairs
+    # the difference of the per-image means is the difference of the stored means
+    d = next(r for r in diffs if (r.method, r.extra["vs"], r.extra["metric"], r.region)
+             == ("affine", "identity", "ciede2000_mean", "wbc"))
+    de = {r.method: r for r in records
+          if r.metric == "ciede2000_mean" and r.region == "wbc" and r.cell_type == "all"}
+    assert d.value == pytest.approx(de["affine"].value - de["identity"].value, abs=1e-9)
+    assert d.ci_low <= d.value <= d.ci_high and d.extra["resamples"] == 2000
+    with open(run_dir / "artifacts" / "per-image" / "hm.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    n = overall[("hm", "agreement")].n
+    assert len(rows) == n and {"index", "id", "label", "agreement/all", "js_consistency/all"} <= set(rows[0])
+    assert sum(float(r["agreement/all"]) for r in rows) == overall[("hm", "agreement")].extra["k"]
+    html = (run_dir / "report.html").read_text()
+    assert 'data-table="paired-diff"' in html and "JS consistency" in html
+
+
 def test_second_run_reuses_finished_stages_and_redoes_interrupted_ones(run_dir):
     stages = run_dir / "stages"
     interrupted = [next(stages.glob("fit-hm-*")), next(stages.glob("eval-hm-*")), next(stages.glob("speed-hm-*"))]
@@ -94,7 +129,9 @@ def test_compare_validates_first_keeps_other_artifacts_and_report_rebuilds(run_d
     assert "at least two methods" in err and "Did you mean 'hm'" in err
     assert results.stat().st_mtime_ns == stamp  # nothing written
     assert main(["compare", "affine", "hm", "--run", str(run_dir), *TINY]) == 0
-    assert "compare-affine-hm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "compare-affine-hm" in out
+    assert "JS consistency" in out and "affine − hm" in out  # consistency and the paired differences printed
     records, _ = load_results(run_dir)
     pairs = {(r.method, r.extra.get("vs")) for r in records if r.metric == "mcnemar_p"}
     assert ("affine", "hm") in pairs and ("identity", "hm") in pairs
@@ -268,8 +305,9 @@ def test_distilled_method_hook(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cellbench.methods.distill, "distill", distill)
     out = tmp_path / "run"
-    assert main(["run-all", "--out", str(out), "--methods", "affine,poly:affine", "--set", "synthetic_n=40",
-                 "--set", "size=64", "--set", "realism=false", *TINY[2:]]) == 0
+    # --jobs 1: the stand-in is patched in this process; spawned workers would not see it
+    assert main(["run-all", "--out", str(out), "--jobs", "1", "--methods", "affine,poly:affine", "--set",
+                 "synthetic_n=40", "--set", "size=64", "--set", "realism=false", *TINY[2:]]) == 0
     assert calls == [("affine", "poly", 0)]
     records, _ = load_results(out)
     assert {"affine", "poly:affine", "ceiling"} <= {r.method for r in records}
@@ -277,7 +315,8 @@ def test_distilled_method_hook(tmp_path, monkeypatch):
     from cellbench.bench import open_benchmark
 
     bench = open_benchmark(out, methods=["affine", "poly:affine"], progress=False,
-                           overrides={"synthetic_n": 40, "size": 64, "realism": False, "classifier_preset": "tiny"})
+                           overrides={"synthetic_n": 40, "synthetic_test_n": 24, "size": 64, "realism": False,
+                                      "classifier_preset": "tiny"})
     stage = bench.fits.fit_stage("poly:affine")
     assert stage.config["teacher"] == bench.fits.fit_stage("affine").key and stage.done
     html = (out / "report.html").read_text()

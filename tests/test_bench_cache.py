@@ -76,13 +76,18 @@ def test_speed_keys_carry_the_host(tmp_path, monkeypatch):
     bench = open_benchmark(tmp_path / "run", methods=["identity"], progress=False)
     st = bench.speed_stage("identity")
     host = st.config["host"]
-    assert host == host_info("cpu") and {"hostname", "cpu", "torch_threads", "device_name"} <= set(host)
+    # the speed stage measures with the thread policy's count (cellbench.threads), which its key holds
+    assert host == host_info("cpu", threads=bench.speed_threads())
+    assert {"hostname", "cpu", "torch_threads", "device_name"} <= set(host)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)
-        assert bench.speed_stage("identity").key != st.key  # timings with other threads are not reused
+        assert bench.speed_stage("identity").key == st.key  # the process's count does not matter ...
     finally:
         torch.set_num_threads(threads)
+    monkeypatch.setenv("CELLBENCH_THREADS", str(bench.speed_threads() + 1))
+    assert bench.speed_stage("identity").key != st.key  # ... the measurement's does: not reused
+    monkeypatch.delenv("CELLBENCH_THREADS")
     import platform
 
     monkeypatch.setattr(platform, "node", lambda: "another-machine")

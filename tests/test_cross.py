@@ -93,3 +93,26 @@ def test_real_pbc_and_rpi(pbc_dir, rpi_dir):
     assert d.tiny_classes == {}
     assert len(d.train.x) == 15 and len(d.train.y) == 24
     assert set(d.x_test.labels) == set(d.shared_classes)
+
+
+def test_the_cross_track_streams_the_same_pixels_it_caches(tmp_path):
+    """``CrossTrack(stream=...)`` reads the folders on demand (no decoded copy in the stage cache) and
+    gives exactly the sets the cached track gives (uint8 pixels / 255)."""
+    from cellbench.bench.cache import StageCache
+    from cellbench.bench.config import load_run_config
+    from cellbench.bench.cross import PARTS, CrossTrack
+    from cellbench.data.cross import Streaming
+    from cellbench.data.spec import parse_data_spec
+    from cellbench.data.stream import LazyImages
+
+    x = _folder(tmp_path / "x", {"basophil": 12, "neutrophil": 10}, shapes=((40, 40), (36, 50)))
+    y = _folder(tmp_path / "y", {"basophil": 10, "neutrophil": 12}, seed=1)
+    spec, cfg = parse_data_spec(f"cross:x={x},y={y}"), load_run_config("quick")
+    cached = CrossTrack(spec, cfg, StageCache(tmp_path / "run1"), seed=0).data()
+    streamed = CrossTrack(spec, cfg, StageCache(tmp_path / "run2"), seed=0, stream=Streaming(cache_mb=1)).data()
+    assert not (tmp_path / "run2" / "stages").exists()
+    for part in PARTS:
+        assert isinstance(streamed[part].images, LazyImages)
+        assert streamed[part].labels == cached[part].labels and streamed[part].ids == cached[part].ids
+        assert torch.equal(streamed[part].images[:], cached[part].images)
+    assert streamed["shared"] == cached["shared"]

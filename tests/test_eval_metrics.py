@@ -40,7 +40,7 @@ def test_every_documented_metric_is_registered():
     ("fid", False), ("kid", False), ("latency_ms_b1", False), ("throughput_ips", True),
     ("peak_mem_mb", False),
     ("mcnemar_p", None), ("lab_L_mean", None), ("fit_seconds", False), ("accuracy_gain", True),
-    ("passthrough_images", False),
+    ("passthrough_images", False), ("js_consistency", False), ("flip_rate", False), ("paired_diff", None),
 ])
 def test_directions(name, direction):
     assert higher_is_better(name) is direction

@@ -100,3 +100,73 @@ def test_conditions_of_the_figures_recorded():
     assert set(p["load_avg_1min"]) == {"start", "end"} and p["threads"] >= 1
     text = format_profile(p)
     assert "p90" in text and "CPU time / wall time" in text
+
+
+def _synthetic_profile(*, load=(0.3, 0.4), cpus=2, spread=1.1, rounds=10, cpu_per_wall=1.0, device="cpu"):
+    """A profile as profile_function returns it, with injected timings and load values."""
+    return {"latency_by_batch": {1: {"median_ms": 10.0, "p90_ms": 10.0 * spread, "rounds": rounds, "spread": spread},
+                                 4: {"median_ms": 30.0, "p90_ms": 31.0, "rounds": rounds, "spread": 31 / 30}},
+            "spread_p90_median": spread, "n_latency": rounds, "cpu_time_s": cpu_per_wall * 2.0, "wall_time_s": 2.0,
+            "cpu_per_wall": cpu_per_wall, "threads": 2, "cpu_count": cpus, "usable_cores": cpus,
+            "load_avg_1min": {"start": load[0], "end": load[1]}, "device": device}
+
+
+def test_disturbed_rule_on_injected_values():
+    """docs/speed.md: load above the CPUs (+0.5), p90/median above 1.5 over >= 3 rounds, or < 0.5 CPU s per wall s."""
+    from cellbench.eval.profiling import LOAD_MARGIN, MAX_SPREAD, disturbance, speed_conditions
+
+    assert disturbance(_synthetic_profile()) == []
+    # load: the worse of before/after counts; up to CPUs + margin is not disturbed
+    assert disturbance(_synthetic_profile(load=(2.0 + LOAD_MARGIN, 0.1))) == []
+    reasons = disturbance(_synthetic_profile(load=(0.2, 3.1)))
+    assert reasons == ["load average 3.10 above the machine's 2 CPU(s)"]
+    assert disturbance(_synthetic_profile(load=(3.1, 3.1), cpus=4)) == []
+    # spread of the series at the batch size asked for
+    wide = _synthetic_profile(spread=MAX_SPREAD + 0.4)
+    assert disturbance(wide) == [f"wide spread: p90/median 1.90 > {MAX_SPREAD} over 10 rounds"]
+    assert disturbance(wide, batch_size=4) == []  # batch 4's series is tight
+    assert disturbance(_synthetic_profile(spread=3.0, rounds=2)) == []  # 2 rounds say nothing about spread
+    # CPU time against wall time: only on the CPU
+    starved = _synthetic_profile(cpu_per_wall=0.3)
+    assert len(disturbance(starved)) == 1 and "0.30 CPU s per wall s" in disturbance(starved)[0]
+    assert disturbance(_synthetic_profile(cpu_per_wall=0.3, device="cuda")) == []
+    # missing load average (no os.getloadavg) is not a reason
+    assert disturbance(_synthetic_profile(load=(None, None))) == []
+    # several reasons at once, and what a speed record carries
+    cond = speed_conditions(_synthetic_profile(load=(5.0, 5.0), spread=2.0), batch_size=1)
+    assert cond["disturbed"] and len(cond["disturbed_reasons"]) == 2
+    assert cond["rounds"] == 10 and cond["spread_p90_median"] == 2.0 and cond["threads"] == 2
+    assert cond["load_avg_1min"] == {"start": 5.0, "end": 5.0} and cond["cpu_per_wall"] == 1.0
+    ok = speed_conditions(_synthetic_profile(), batch_size=4)
+    assert not ok["disturbed"] and ok["disturbed_reasons"] == [] and ok["spread_p90_median"] == round(31 / 30, 4)
+
+
+def test_real_profile_carries_usable_cores_and_format_says_disturbed(monkeypatch):
+    import os
+
+    from cellbench.eval import profiling
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    p = profile_function(lambda x: x * 2, size=16, batch_sizes=(1,), warmup=1, repeats=3, max_seconds=10)
+    assert p["usable_cores"] >= 1 and p["load_avg_1min"] == {"start": 99.0, "end": 99.0}
+    assert any("load average 99.00" in r for r in profiling.disturbance(p))
+    assert "DISTURBED" in profiling.format_profile(p)
+
+
+def test_speed_table_marks_disturbed_rows():
+    """The report's speed table marks a disturbed measurement and says why (caption and cell tooltip)."""
+    from cellbench.eval.metrics import make_record
+    from cellbench.eval.profiling import speed_conditions
+    from cellbench.report.tables import speed_table
+
+    quiet = speed_conditions(_synthetic_profile())
+    busy = speed_conditions(_synthetic_profile(load=(4.2, 4.0)))
+    base = {"device": "cpu", "device_name": "x86_64", "image_size": 64}
+    recs = [make_record("r", "hm", "latency_ms_b1", 3.0, split="speed", extra={**base, **quiet}),
+            make_record("r", "ccgan", "latency_ms_b1", 30.0, split="speed", extra={**base, **busy})]
+    table = speed_table(recs, ["hm", "ccgan"])
+    cells = {row.method: row.cells[0] for row in table.rows}
+    assert cells["ccgan"].text.endswith("⚠") and "DISTURBED: load average 4.20" in cells["ccgan"].tooltip
+    assert "⚠" not in cells["hm"].text and "10 rounds" in cells["hm"].tooltip
+    assert "ccgan (cpu): load average 4.20 above the machine's 2 CPU(s)" in table.caption
+    assert "--redo-speed" in table.caption and "hm (cpu)" not in table.caption

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / "cellbench"
 #: the evaluation that does the same.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors", "registry", "fs", "options", "io", "tensors", "colourspace", "presets", "results",
-     "_presets"),
+     "_presets", "threads"),
     ("data",),
     ("segmentation",),
     ("sim",),

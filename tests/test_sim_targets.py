@@ -7,7 +7,9 @@
   identity 15.0-15.1, poly 4.6-4.7, oracle 3.5, floor 1.9; README: 15.1 / 4.7 / 3.5 / 2.0).
 - Calibration against real PBC (DM96) images (``realdata``): the worst class per region within
   background <= 5, nucleus and cytoplasm <= 10 CIEDE2000 (``cellbench simulate calibrate``).
-  10 images per class reproduce the 30-per-class figures (2.1 / 3.1 / 6.5 against 1.4 / 3.1 / 6.3);
+  10 images per class reproduced the 30-per-class figures (2.1 / 3.1 / 6.5 against 1.4 / 3.1 / 6.3)
+  with the earlier scenes; with the measured-morphology scenes (issue #14) 10 per class give
+  2.1 / 2.6 / 8.5 (erythroblast cytoplasm);
   6 per class do not (basophil cytoplasm reaches 12), so 10 is the smallest stable sample.
 
 Each target check is also shown to fail on a deliberately broken simulator setting.

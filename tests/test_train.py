@@ -235,7 +235,7 @@ def test_streaming_from_the_simulator():
 
     stream = SimulatedPairs(4, size=48, seed=0)
     pairs = simulate_pairs(4, size=48, seed=0)  # the same pairs, in memory (tests/test_sim.py)
-    norm = make("ccgan", iterations=40, crop_size=32, checkpoint_every=1000, sample_every=1000, lr=3e-3)
+    norm = make("ccgan", iterations=60, crop_size=32, checkpoint_every=1000, sample_every=1000, lr=3e-3)
     with torch.no_grad():
         before = (norm.G_xy.eval()(pairs.x).clamp(0, 1) - pairs.y).abs().mean()
     norm.fit(stream, seed=0)

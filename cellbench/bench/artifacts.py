@@ -1,9 +1,9 @@
-"""The run folder's ``artifacts/``: confusion matrices, the sample grid and training curves.
+"""The run folder's ``artifacts/``: confusion matrices, the sample grid, training curves and per-image values.
 
 Rebuilt from the stages on every run, atomically: everything is written into a temporary
 sibling folder which then replaces ``artifacts/`` (two renames), so a run killed mid-rebuild
 leaves the previous artifacts whole. Methods not rebuilt by a ``compare`` keep their confusion
-matrix and training curve.
+matrix, training curve and per-image values.
 """
 
 from __future__ import annotations
@@ -39,15 +39,17 @@ def write_artifacts(run_dir: Path, track: Track, methods: Sequence[str], evals: 
         (tmp / "curves").mkdir()
         for name, path in curves.items():
             shutil.copyfile(path, tmp / "curves" / f"{name}.jsonl")
+        _per_image(tmp / "per-image", track, methods)
         _keep_others(target, tmp, set(methods))
     return target
 
 
 def _keep_others(old: Path, new: Path, rebuilt: set[str]) -> None:
     """Confusion matrices and curves of methods this run did not rebuild stay in place."""
-    for sub, suffix in (("confusion", ".json"), ("curves", ".jsonl")):
+    for sub, suffix in (("confusion", ".json"), ("curves", ".jsonl"), ("per-image", ".csv")):
         for f in sorted((old / sub).glob(f"*{suffix}")) if (old / sub).is_dir() else []:
             if f.name[: -len(suffix)] not in rebuilt and not (new / sub / f.name).exists():
+                (new / sub).mkdir(exist_ok=True)
                 shutil.copyfile(f, new / sub / f.name)
 
 
@@ -115,3 +117,35 @@ def _heatmap(values: np.ndarray | torch.Tensor, vmax: float) -> np.ndarray:
     rgba = matplotlib.colormaps["magma"](np.clip(np.asarray(values) / vmax, 0, 1))
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
+
+
+def _per_image(folder: Path, track: Track, methods: Sequence[str]) -> None:
+    """``per-image/<method>.csv``: one row per test image (``index``, ``id``, ``label``) and one column per
+    per-image value (``<metric>/<region>``, e.g. ``agreement/all`` as 1/0, ``ciede2000_mean/wbc``;
+    empty where undefined, ``inf`` for an identical image's PSNR), for the paired track's methods
+    evaluated in this run."""
+    import csv
+
+    from ..eval.evaluate import PAIRED_DIFF_KEYS, per_image_key
+
+    get = getattr(track, "per_image_values", None)
+    if get is None:
+        return
+    order = {per_image_key(m, r): i for i, (m, r) in enumerate(PAIRED_DIFF_KEYS)}
+    ids = list(getattr(track, "test_ids", lambda: [])())
+    labels = track.test_labels()
+    for m in methods:
+        values = get(m)
+        if not values:
+            continue
+        keys = sorted(values, key=lambda k: (order.get(k, len(order)), k))
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{m}.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["index", "id", "label", *keys])
+            for i, lab in enumerate(labels):
+                cells = []
+                for k in keys:
+                    v = float(values[k][i])
+                    cells.append("" if np.isnan(v) else repr(v))  # inf stays (an identical image's PSNR)
+                w.writerow([i, ids[i] if i < len(ids) else "", lab, *cells])

@@ -13,6 +13,10 @@ size and SHA-256 of every file it wrote. Rules:
 * **Speed keys carry the host** (:func:`host_info`): timings of another machine, another CPU,
   another thread count or another GPU are never reused.
 * **No side effects on read**: asking whether a stage is done creates nothing.
+* **Order-free stages**: :func:`stage_scope` runs a stage's work under the thread policy of its
+  kind with the global random generators seeded from the run's seed and the stage's key (and
+  restored afterwards), so a stage computes the same bits whichever stages ran before it and in
+  whichever process (``run-all --jobs``).
 * **Atomic writes, checked loads**: every file goes through :func:`cellbench.fs.atomic_path`
   (folders through a temporary sibling and one rename) before ``DONE``; on first use in a
   process a done stage's files are checked against ``stage.json``: a missing, truncated or
@@ -30,7 +34,8 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,7 @@ from ..fs import atomic_dir, atomic_path, atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Stage", "StageCache", "config_hash", "source_version", "host_info"]
+__all__ = ["Stage", "StageCache", "config_hash", "source_version", "host_info", "stage_scope", "stage_seed"]
 
 DONE = "DONE"
 RECORD = "stage.json"
@@ -69,15 +74,49 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def host_info(device: str) -> dict[str, Any]:
-    """What a timing depends on: hostname, CPU model, torch threads, and the device's name."""
+def host_info(device: str, *, threads: int | None = None) -> dict[str, Any]:
+    """What a timing depends on: hostname, CPU model, torch threads (``threads``, default the current
+    count), and the device's name."""
     import torch
 
     name = "cpu"
     if device.startswith("cuda") and torch.cuda.is_available():
         name = torch.cuda.get_device_name(torch.device(device))
-    return {"hostname": platform.node(), "cpu": _cpu_model(), "torch_threads": torch.get_num_threads(),
+    return {"hostname": platform.node(), "cpu": _cpu_model(),
+            "torch_threads": int(threads) if threads is not None else torch.get_num_threads(),
             "device": device, "device_name": name}
+
+
+def stage_seed(key: str, seed: int) -> int:
+    """The global random generators' seed of a stage: its key (hex) mixed with the run's seed, < 2**32."""
+    h = hashlib.sha256(f"{key}:{int(seed)}".encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+@contextlib.contextmanager
+def stage_scope(stage: Stage | str, kind: str, seed: int) -> Iterator[int]:
+    """Run a stage's work with :func:`cellbench.threads.thread_policy` ``(kind)`` intra-op threads and
+    the global generators (``random``, NumPy's, torch's) seeded by :func:`stage_seed`; threads and
+    generator states are restored afterwards, so a stage nested in another leaves no trace. Yields
+    the thread count."""
+    import numpy as np
+    import torch
+
+    from ..threads import limit_threads, thread_policy
+
+    key = stage.key if isinstance(stage, Stage) else str(stage)
+    s = stage_seed(key, seed)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), limit_threads(thread_policy(kind)) as n:
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        try:
+            yield n
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class Stage:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.cross import Streaming
 from ..data.sets import LabelledSet, UnpairedSet
 from ..data.spec import DataSpec
 from ..errors import ConfigError
@@ -52,12 +53,15 @@ class CrossTrack:
     confusion_title = "Y classifier on {m}(X test)"
 
     def __init__(self, spec: DataSpec, cfg: RunConfig, cache: StageCache, *, seed: int = 0,
-                 x_test: str | None = None, scale: str | None = None) -> None:
+                 x_test: str | None = None, scale: str | None = None, stream: Streaming | None = None) -> None:
         if spec.kind != "cross":
             raise ConfigError(f"--data {spec}: the cross-system track needs cross:x=DIR,y=DIR")
         self.spec, self.cfg, self.cache, self.seed = spec, cfg, cache, seed
         self.x_test_dir = x_test
         self.scale = None if scale in (None, "none") else scale
+        #: read images on demand (cellbench.data.stream): no decoded copy of the folders in the stage
+        #: cache or in memory; the sets are the same pixels (what the cached uint8 sets hold)
+        self.stream = stream
         self._data: dict[str, Any] | None = None
 
     # -- data ---------------------------------------------------------------------------------------
@@ -90,6 +94,16 @@ class CrossTrack:
         return chosen if BASELINE in chosen else [BASELINE, *chosen]  # the raw-X baseline of the gain
 
     def data(self) -> dict[str, Any]:
+        if self._data is None and self.stream is not None:
+            from ..data.cross import load_cross
+
+            cd = load_cross(self.spec.options["x"], self.spec.options["y"], size=self.cfg.size, seed=self.seed,
+                            x_test_dir=self.x_test_dir, scale=self.scale, limit_per_class=self._limit(),
+                            stream=self.stream)
+            self._data = {**dict(zip(PARTS, (cd.train.x, cd.train.y, cd.val.x, cd.val.y, cd.x_test, cd.y_test),
+                                     strict=True)),
+                          "shared": cd.shared_classes, "x_only": cd.x_only, "y_only": cd.y_only,
+                          "tiny": cd.tiny_classes, "scale_factor": cd.scale_factor}
         if self._data is None:
             st = self.cache.stage("cross-data", self.data_key())
             if not self.cache.ready(st):

@@ -18,7 +18,7 @@ from ..data.sets import PairedSet, UnpairedSet
 from ..errors import ConfigError
 from ..methods import NORMALIZERS, Normalizer, create_normalizer, load_normalizer
 from ..presets import load_preset
-from .cache import Stage, StageCache
+from .cache import Stage, StageCache, stage_scope
 from .config import RunConfig
 from .track import Track
 
@@ -78,8 +78,9 @@ class Fits:
                 train, val = self.track.classifier_data()
                 log.info("stage classifier: training on %d Y images", len(train))
                 self.cache.begin(st)
-                clf = train_classifier(train, val, preset=self.cfg.classifier_preset, seed=self.seed,
-                                       work_dir=st.path("work"), progress=self.progress)
+                with stage_scope(st, "classifier", self.seed):
+                    clf = train_classifier(train, val, preset=self.cfg.classifier_preset, seed=self.seed,
+                                           work_dir=st.path("work"), progress=self.progress)
                 st.write_dir("model", clf.save)
                 self.cache.finish(st)
             self._clf = load_classifier(st.path("model"), device=self.device)
@@ -132,7 +133,8 @@ class Fits:
             self.cache.begin(st)
             log.info("stage fit-%s: fitting on %d training images", name, n)
             t0 = time.perf_counter()
-            norm = self._fit(name, data, st)
+            with stage_scope(st, "small_net", self.seed):  # a trainer applies its own policy (cellbench.train.loop)
+                norm = self._fit(name, data, st)
             seconds = time.perf_counter() - t0
             st.write_dir("model", norm.save)
             st.write_json("fit.json", {"seconds": seconds, "preset": self.method_params(name)[0], "n": n})
@@ -152,6 +154,19 @@ class Fits:
         norm = create_normalizer(kind, preset, **keyed, **unkeyed)
         norm.bind_run_dir(st.path("work"), resume=True)
         return norm.fit(data, seed=self.seed)
+
+    def fit_threads(self, name: str) -> int:
+        """Intra-op threads a method's fit runs with (for scheduling parallel stages): a trainable
+        method's trainer policy for its preset's crop (:func:`cellbench.threads.threads_for_crop`), 1 otherwise."""
+        from ..threads import thread_policy, threads_for_crop
+
+        kind, teacher = split_method(name)
+        if teacher is not None or not NORMALIZERS.get(kind).trainable or self.device != "cpu":
+            return thread_policy("small_net")
+        values = load_preset(kind, self.method_params(name)[0])
+        if values.get("threads"):
+            return int(values["threads"])
+        return threads_for_crop(int(values.get("crop_size", 256) or self.cfg.size))  # 0: whole images
 
     def fit_info(self, name: str) -> dict[str, Any] | None:
         """``fit.json`` of a fitted method: seconds, preset, n."""

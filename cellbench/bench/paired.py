@@ -1,10 +1,12 @@
 """The paired track: X/Y pairs of the same cells (``synthetic``, ``paired:ROOT``, ``resim:DIR``).
 
 Stages of its own: ``data`` (train/val/test pairs, uint8), ``resim`` (``resim:DIR`` only: the
-re-simulated pairs), ``test-masks`` (region masks of the test Y images when the dataset has none).
-Methods are scored against their Y partner (paired image metrics, colour statistics, agreement
-with the classifier on Y, accuracy, realism); the ``ceiling`` reference is a second rendering y2
-of the same scenes (synthetic data only).
+re-simulated pairs), ``test-masks`` (region masks of the test Y images when the dataset has none),
+``per-image-<m>`` (each method's per-image values, keyed by its evaluation stage). Methods are
+scored against their Y partner (paired image metrics, colour statistics, agreement and prediction
+consistency with the classifier on Y, accuracy, realism); the ``ceiling`` reference is a second
+rendering y2 of the same scenes (synthetic data only). Across methods, the track adds paired
+bootstrap intervals of the difference of every per-image metric (``paired_diff``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from ..data.sets import LabelledSet, PairedSet
 from ..data.spec import DataSpec
 from ..errors import ConfigError
 from ..results import Record
-from .cache import StageCache, source_version
+from .cache import Stage, StageCache, source_version
 from .config import RunConfig
-from .store import load_paired, load_tensors, save_paired, save_tensors, to_uint8
+from .fitting import stage_name
+from .store import load_arrays, load_paired, load_tensors, save_arrays, save_paired, save_tensors, to_uint8
 from .track import MIN_REALISM_IMAGES, Evaluation, RunContext, SampleRow, folder_fingerprint
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class PairedTrack:
         self.spec, self.cfg, self.cache, self.seed, self.progress = spec, cfg, cache, seed, progress
         self._sets: dict[str, PairedSet] = {}
         self._masks: torch.Tensor | None = None
+        self._proba: dict[str, np.ndarray] = {}  # the classifier's probabilities on y / y2 (this process)
+        self._per_image: dict[str, dict[str, np.ndarray]] = {}  # loaded by summary_records, for the artifacts
 
     # -- data ---------------------------------------------------------------------------------------
     def data_key(self) -> dict[str, Any]:
@@ -124,6 +129,9 @@ class PairedTrack:
     def test_labels(self) -> list[str]:
         return list(self.split("test").labels)
 
+    def test_ids(self) -> list[str]:
+        return list(self.split("test").ids)
+
     def reference_images(self) -> dict[str, torch.Tensor]:
         test = self.split("test")
         return {"y": test.y} if test.y2 is None else {"y": test.y, "y2": test.y2}
@@ -150,13 +158,45 @@ class PairedTrack:
         return self._masks
 
     # -- evaluation ---------------------------------------------------------------------------------
+    def _reference_proba(self, ctx: RunContext, key: str) -> np.ndarray | None:
+        """The classifier's class probabilities on the test ``y`` (or ``y2``), once per process."""
+        from ..eval.evaluate import class_probabilities
+
+        if key not in self._proba:
+            proba = class_probabilities(ctx.classifier(), self.reference_images()[key])
+            if proba is None:
+                return None
+            self._proba[key] = proba
+        return self._proba[key]
+
+    def _per_image_stage(self, ctx: RunContext, method: str) -> Stage:
+        return self.cache.stage(f"per-image-{stage_name(method)}", {"eval": ctx.eval_stage(method).key})
+
+    def _save_per_image(self, ctx: RunContext, method: str, values: dict[str, np.ndarray]) -> None:
+        st = self._per_image_stage(ctx, method)
+        if self.cache.ready(st):  # left by a run killed before its evaluation stage finished: same values
+            return
+        self.cache.begin(st)
+        save_arrays(st, "per_image.npz", values)
+        self.cache.finish(st)
+
+    def load_per_image(self, ctx: RunContext, method: str) -> dict[str, np.ndarray] | None:
+        """A method's per-image values (``{"<metric>/<region>": (N,)}``), or None when its stage is missing."""
+        st = self._per_image_stage(ctx, method)
+        if not self.cache.ready(st):
+            return None
+        return load_arrays(st, "per_image.npz")
+
     def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
                  ) -> tuple[list[Record], np.ndarray]:
-        from ..eval.evaluate import evaluate_paired, realism_records
+        from ..eval.evaluate import class_probabilities, paired_evaluation, realism_records
 
         test, clf, ref = self.split("test"), ctx.classifier(), ctx.reference_predictions()
-        records = evaluate_paired(method, outputs, test, run=ctx.run_name, classifier=clf, y_pred=ref["y"],
-                                  g_pred=pred, masks=self.test_masks(), seed=ctx.seed)
+        ev = paired_evaluation(method, outputs, test, run=ctx.run_name, classifier=clf, y_pred=ref["y"],
+                               g_pred=pred, y_proba=self._reference_proba(ctx, "y"),
+                               g_proba=class_probabilities(clf, outputs), masks=self.test_masks(), seed=ctx.seed)
+        records = ev.records
+        self._save_per_image(ctx, method, ev.per_image)
         if ctx.realism and len(test) < MIN_REALISM_IMAGES:
             log.warning("realism metrics skipped: %d test images (at least %d needed)", len(test), MIN_REALISM_IMAGES)
         elif ctx.realism:
@@ -178,12 +218,29 @@ class PairedTrack:
             return None
         ref = ctx.reference_predictions()
         records = evaluate_paired("ceiling", test.y2, test, run=ctx.run_name, classifier=ctx.classifier(),
-                                  y_pred=ref["y"], g_pred=ref["y2"], masks=self.test_masks(), seed=ctx.seed,
-                                  role="reference")
+                                  y_pred=ref["y"], g_pred=ref["y2"], y_proba=self._reference_proba(ctx, "y"),
+                                  g_proba=self._reference_proba(ctx, "y2"), masks=self.test_masks(),
+                                  seed=ctx.seed, role="reference")
         return Evaluation(records, to_uint8(test.y2), ref["y2"], ref["y2"] == ref["y"])
 
     def summary_records(self, ctx: RunContext, evaluations: dict[str, Evaluation]) -> list[Record]:
-        return []
+        """Paired bootstrap intervals of the differences between every two evaluated methods (``paired_diff``)."""
+        from ..eval.evaluate import paired_difference_records
+
+        values = {}
+        for m in evaluations:
+            v = self.load_per_image(ctx, m)
+            if v is None:
+                log.warning("%s: no per-image values (stage per-image-%s missing); it is left out of the paired "
+                            "bootstrap intervals (delete its eval-%s stage to recompute them)", m, stage_name(m),
+                            stage_name(m))
+                continue
+            values[m] = self._per_image[m] = v
+        return paired_difference_records(ctx.run_name, values, seed=ctx.seed)
+
+    def per_image_values(self, method: str) -> dict[str, np.ndarray] | None:
+        """Per-image values of a method loaded by this run's :meth:`summary_records` (for the artifacts)."""
+        return self._per_image.get(method)
 
     def sample_rows(self, outputs: dict[str, torch.Tensor], per_class: int) -> tuple[list[str], list[SampleRow]]:
         test = self.split("test")

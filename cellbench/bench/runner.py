@@ -15,14 +15,31 @@ checkpoint):
 
 The whole run holds :class:`cellbench.fs.FolderLock` on the run folder. The layout of the run
 folder is documented in ``docs/run-folder.md``.
+
+**Threads and parallel stages** (``docs/speed.md``). Every stage runs under the thread policy of
+its kind (:mod:`cellbench.threads`: one intra-op thread for the quick networks, the classifier and
+the evaluations, every usable core for large networks and for the speed measurement), with the
+global random generators seeded from the run's seed and the stage's key, so a stage's result
+depends on neither the order of the stages nor the process that runs it. With ``jobs > 1`` the
+independent stages (the classifier, the fits, the evaluations) first run in up to ``jobs`` worker
+processes (``spawn``; a stage of ``t`` threads takes ``t`` of the ``jobs`` slots), each writing its
+stage through the :class:`~cellbench.bench.cache.StageCache`; the run loop then reads them. The
+results are bit-identical to ``jobs=1``. The speed stages always run last, one at a time in the
+main process, with no worker running. ``redo_speed`` re-measures the speed stages and reuses
+every other stage.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +49,17 @@ import torch
 from ..errors import CellbenchError
 from ..fs import FolderLock, atomic_write
 from ..results import Record, check_fingerprints, fingerprint_differences, load_results, run_metadata, save_results
+from ..threads import configure_process, thread_policy, usable_cores
 from .artifacts import write_artifacts
-from .cache import Stage, StageCache, config_hash, host_info, source_version
+from .cache import Stage, StageCache, config_hash, host_info, source_version, stage_scope
 from .config import RunConfig
-from .fitting import Fits, check_method, stage_name
+from .fitting import Fits, check_method, split_method, stage_name
 from .store import load_array, load_records, load_tensors, save_array, save_records, save_tensors, to_uint8
 from .track import Evaluation, Track
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Benchmark", "EVAL_MODULES"]
+__all__ = ["Benchmark", "EVAL_MODULES", "StageTask"]
 
 #: An evaluation's records depend on these modules' code: their source hash is the eval stages' version.
 EVAL_MODULES = ("cellbench.eval.evaluate", "cellbench.eval.image", "cellbench.eval.colour", "cellbench.eval.agreement",
@@ -54,16 +72,33 @@ class Benchmark:
     """One benchmark run of ``methods`` on ``track`` in ``run_dir`` (see the module docstring)."""
 
     def __init__(self, run_dir: str | os.PathLike, track: Track, cfg: RunConfig, *, methods: list[str],
-                 device: str = "cpu", seed: int = 0, progress: bool = True, cache: StageCache | None = None) -> None:
+                 device: str = "cpu", seed: int = 0, progress: bool = True, cache: StageCache | None = None,
+                 jobs: int | None = None, redo_speed: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.configure(jobs=jobs, redo_speed=redo_speed)
+        self._speed_redone: set[str] = set()
         self.run_name = self.run_dir.resolve().name or "run"
         self.track, self.cfg, self.seed, self.device, self.progress = track, cfg, seed, device, progress
+        #: the track's private (cache) attributes as given, before any data is loaded: what a worker's copy starts from
+        self._track_blank = _private_state(track)
         self.realism = cfg.realism
         self.methods = track.check_methods([check_method(m) for m in methods])
         self.cache = cache if cache is not None else StageCache(self.run_dir)
         self.fits = Fits(self.cache, track, cfg, device=device, seed=seed, progress=progress)
         self._refs: dict[str, np.ndarray] | None = None
         self._feats: np.ndarray | None = None
+
+    def configure(self, *, jobs: int | None = None, redo_speed: bool = False) -> Benchmark:
+        """Set how the run runs (not what it computes): ``jobs`` worker processes for the independent
+        stages (None: the usable cores, :func:`cellbench.threads.usable_cores`); ``redo_speed``:
+        re-measure the speed stages, reuse every other. Returns the benchmark."""
+        from ..options import check_int
+
+        #: worker processes for independent stages (see the module docstring)
+        self.jobs = usable_cores() if jobs is None else check_int(jobs, "--jobs", min=1, max=1024)
+        #: re-measure the speed stages (every other stage is reused)
+        self.redo_speed = bool(redo_speed)
+        return self
 
     # -- shared test-set stages -----------------------------------------------------------------------
     def classifier(self):
@@ -80,8 +115,9 @@ class Benchmark:
             if not self.cache.ready(st):
                 clf = self.classifier()
                 self.cache.begin(st)
-                for key, imgs in images.items():
-                    save_array(st, f"{key}.npy", clf.predict(imgs).cpu().numpy())
+                with stage_scope(st, "eval", self.seed):
+                    for key, imgs in images.items():
+                        save_array(st, f"{key}.npy", clf.predict(imgs).cpu().numpy())
                 self.cache.finish(st)
             self._refs = {key: load_array(st, f"{key}.npy") for key in images}
         return self._refs
@@ -91,12 +127,28 @@ class Benchmark:
         if self._feats is None:
             st = self._test_stage("test-features")
             if not self.cache.ready(st):
-                feats = self.classifier().features(self.track.reference_images()["y"]).float().cpu()
+                with stage_scope(st, "eval", self.seed):
+                    feats = self.classifier().features(self.track.reference_images()["y"]).float().cpu()
                 self.cache.begin(st)
                 save_tensors(st, "features.safetensors", {"features": feats})
                 self.cache.finish(st)
             self._feats = load_tensors(st, "features.safetensors")["features"].numpy()
         return self._feats
+
+    def prepare_references(self) -> None:
+        """Every shared test-set stage the evaluations read: predictions, features (with realism), and the
+        paired track's test masks. Done before any evaluation, so none computes them inside its own stage."""
+        self.prepare_masks()
+        self.reference_predictions()
+        if self.realism:
+            self.reference_features()
+
+    def prepare_masks(self) -> None:
+        """The paired track's test masks (a stage of the track), under the evaluation's thread policy."""
+        masks = getattr(self.track, "test_masks", None)
+        if callable(masks):
+            with stage_scope("test-masks", "eval", self.seed):
+                masks()
 
     # -- evaluation and speed -------------------------------------------------------------------------
     def eval_stage(self, name: str) -> Stage:
@@ -116,7 +168,8 @@ class Benchmark:
         st = self.eval_stage(name)
         if not self.cache.ready(st):
             refs = self.track.reference_names()
-            ev = self.track.evaluate_reference(self, name) if name in refs else self._evaluate_method(name)
+            with stage_scope(st, "eval", self.seed):
+                ev = self.track.evaluate_reference(self, name) if name in refs else self._evaluate_method(name)
             if ev is None:
                 return None
             self.cache.begin(st)
@@ -146,22 +199,155 @@ class Benchmark:
         """The speed stage of a method on this host (timings of another machine are never reused)."""
         return self.cache.stage(f"speed-{stage_name(name)}", {
             "fit": self.fits.fit_stage(name).key, "size": self.cfg.size, "batch_sizes": self.cfg.speed_batch_sizes,
-            "repeats": self.cfg.speed_repeats, "seconds": self.cfg.speed_seconds, "host": host_info(self.device),
+            "repeats": self.cfg.speed_repeats, "seconds": self.cfg.speed_seconds,
+            "host": host_info(self.device, threads=self.speed_threads()),
             "version": source_version(*SPEED_MODULES)})
 
+    def speed_threads(self) -> int:
+        """Intra-op threads of the speed measurement (the thread policy's ``speed``: every usable core)."""
+        return thread_policy("speed")
+
     def speed(self, name: str) -> list[Record]:
+        """A method's speed records (measured now when the stage is not done, or with ``redo_speed``).
+
+        Every record carries the conditions of its measurement in ``extra``
+        (:func:`cellbench.eval.profiling.speed_conditions`: rounds, spread, CPU time against wall
+        time, threads, the load average before and after, and whether it was disturbed and why).
+        """
         from ..eval.evaluate import speed_records
-        from ..eval.profiling import profile_normalizer
+        from ..eval.profiling import profile_normalizer, speed_conditions
 
         st = self.speed_stage(name)
-        if not self.cache.ready(st):
-            prof = profile_normalizer(self.fits.fitted(name), size=self.cfg.size, device=self.device,
-                                      batch_sizes=self.cfg.speed_batch_sizes, repeats=self.cfg.speed_repeats,
-                                      max_seconds=self.cfg.speed_seconds)
+        redo = self.redo_speed and name not in self._speed_redone
+        if redo or not self.cache.ready(st):
+            norm = self.fits.fitted(name)
             self.cache.begin(st)
-            save_records(st, "records.json", speed_records(self.run_name, name, prof, split="speed"))
+            with stage_scope(st, "speed", self.seed):
+                prof = profile_normalizer(norm, size=self.cfg.size, device=self.device,
+                                          batch_sizes=self.cfg.speed_batch_sizes, repeats=self.cfg.speed_repeats,
+                                          max_seconds=self.cfg.speed_seconds, threads=self.speed_threads())
+            records = []
+            for r in speed_records(self.run_name, name, prof, split="speed"):
+                batch = int(r.extra.get("batch_size") or 1) if r.metric == "throughput_ips" else 1
+                records.append(dataclasses.replace(r, extra={**r.extra, **speed_conditions(prof, batch_size=batch)}))
+            save_records(st, "records.json", records)
             self.cache.finish(st)
+            self._speed_redone.add(name)
         return load_records(st, "records.json")
+
+    # -- parallel stages ------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """The track's data stages and test masks, in this process: every other stage reads them."""
+        self.track.classifier_data()
+        self.track.train_data()
+        self.track.test_inputs()
+        self.track.reference_images()
+        self.prepare_masks()
+
+    def stage_tasks(self) -> list[StageTask]:
+        """The classifier, reference, fit and evaluation stages not done yet, in priority order, with
+        their dependencies (among these tasks) and the intra-op threads each runs with."""
+        tasks: list[StageTask] = []
+        ids: set[str] = set()
+
+        def add(task: StageTask) -> None:
+            tasks.append(dataclasses.replace(task, deps=tuple(d for d in task.deps if d in ids)))
+            ids.add(task.id)
+
+        if not self.cache.ready(self.fits.classifier_stage()):
+            add(StageTask("classifier", threads=thread_policy("classifier")))
+        fits: list[str] = []
+        for m in self.methods:
+            _, teacher = split_method(m)
+            fits += [teacher, m] if teacher else [m]
+        fits = list(dict.fromkeys(fits))
+        # the longest first: trained methods, then the others; a student after its teacher
+        fits.sort(key=lambda m: (not self.fits.fit_threads(m) > 1, split_method(m)[1] is not None,
+                                 not self._trainable(m)))
+        for m in fits:
+            if self.cache.ready(self.fits.fit_stage(m)):
+                continue
+            _, teacher = split_method(m)
+            deps = ["classifier"] if "classifier" in self.fits.fit_stage(m).config else []
+            deps += [f"fit:{teacher}"] if teacher else []
+            add(StageTask("fit", m, threads=self.fits.fit_threads(m), deps=tuple(deps)))
+        refs_ready = self.cache.ready(self._test_stage("test-predictions")) and (
+            not self.realism or self.cache.ready(self._test_stage("test-features")))
+        if not refs_ready:
+            add(StageTask("references", threads=thread_policy("eval"), deps=("classifier",)))
+        for m in [*self.methods, *self.track.reference_names()]:
+            if self.cache.ready(self.eval_stage(m)):
+                continue
+            deps = ("references", "classifier") + ((f"fit:{m}",) if m in self.methods else ())
+            add(StageTask("eval", m, threads=thread_policy("eval"), deps=deps))
+        return tasks
+
+    def _trainable(self, name: str) -> bool:
+        from ..methods import NORMALIZERS
+
+        return bool(NORMALIZERS.get(split_method(name)[0]).trainable)
+
+    def run_task(self, task: StageTask) -> None:
+        """Do one stage task in this process (a worker's job; :meth:`run_parallel`)."""
+        if task.kind == "classifier":
+            self.classifier()
+        elif task.kind == "references":
+            self.prepare_references()
+        elif task.kind == "fit":
+            self.fits.fitted(task.method)
+        elif task.kind == "eval":
+            self.evaluate(task.method)
+        else:
+            raise CellbenchError(f"unknown stage task {task.kind!r}")
+
+    def run_parallel(self) -> list[str]:
+        """Run :meth:`stage_tasks` in up to ``jobs`` spawned worker processes; returns the task ids done.
+
+        A task starts when its dependencies are done and its threads fit in the free slots (strict
+        priority order: a waiting large task is not overtaken). A failed task stops the scheduling;
+        the tasks running finish (their stages are kept) and the error is raised.
+        """
+        self.prepare_data()
+        tasks = self.stage_tasks()
+        if not tasks:
+            return []
+        _reset_private_state(self.track, self._track_blank)  # workers load what they need; this process reloads later
+        recipe = {"run_dir": self.run_dir, "track": _detached(self.track, self._track_blank), "cfg": self.cfg,
+                  "methods": self.methods,
+                  "device": self.device, "seed": self.seed, "progress": False, "cache": self.cache, "jobs": 1}
+        log.info("running %d stages in %d worker processes: %s", len(tasks), self.jobs,
+                 ", ".join(t.id for t in tasks))
+        done: set[str] = set()
+        pending = list(tasks)
+        running: dict[Future, StageTask] = {}
+        free = self.jobs
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, initializer=configure_process) as pool:
+            while pending or running:
+                for t in list(pending):
+                    need = min(t.threads, self.jobs)
+                    if not all(d in done for d in t.deps):
+                        continue
+                    if need > free:
+                        break  # strict priority: wait for slots
+                    running[pool.submit(_run_task, recipe, t)] = t
+                    pending.remove(t)
+                    free -= need
+                if not running:
+                    raise CellbenchError(f"stage tasks with unmet dependencies: {', '.join(t.id for t in pending)}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    t = running.pop(f)
+                    free += min(t.threads, self.jobs)
+                    exc = f.exception()
+                    if exc is not None:
+                        pending.clear()
+                        for other in running:
+                            other.cancel()
+                        raise exc
+                    done.add(t.id)
+                    log.info("stage task %s done", t.id)
+        return [t.id for t in tasks]
 
     # -- the whole run --------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -191,6 +377,7 @@ class Benchmark:
         ``finish(run_dir, methods, title)`` is called with the results written, still under the lock: the
         CLI passes the report builder (the report is a layer above the benchmark).
         """
+        configure_process()  # one inter-op thread (cellbench.threads)
         with FolderLock(self.run_dir, what="run folder"):
             return self._run(comparison=comparison, finish=finish)
 
@@ -200,9 +387,12 @@ class Benchmark:
 
         t0 = time.perf_counter()
         kept = self.check_results_compatible() if comparison else []
+        if self.jobs > 1:
+            self.run_parallel()
         bar = _bar(len(self.methods) + 3, self.progress)
         clf = self.classifier()
         refs = self.reference_predictions()
+        self.prepare_references()
         records = classifier_records(self.run_name, refs["y"], self.track.reference_labels(), clf.classes)
         bar.update()
         evals: dict[str, Evaluation] = {}
@@ -268,6 +458,45 @@ class Benchmark:
         logs = {m: self.fits.fit_stage(m).path("work") / "train_log.jsonl" for m in methods}
         logs["classifier"] = self.fits.classifier_stage().path("work") / "train_log.jsonl"
         return {m: p for m, p in logs.items() if p.is_file()}
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """A unit of :meth:`Benchmark.run_parallel`: ``kind`` (``classifier``, ``references``, ``fit``,
+    ``eval``) of ``method``, the intra-op ``threads`` it runs with, the task ids it waits for."""
+
+    kind: str
+    method: str = ""
+    threads: int = 1
+    deps: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.method}" if self.method else self.kind
+
+
+def _run_task(recipe: dict[str, Any], task: StageTask) -> str:
+    """A worker process's job: rebuild the run from ``recipe`` and do ``task`` (its stage is written there)."""
+    Benchmark(**recipe).run_task(task)
+    return task.id
+
+
+def _private_state(track: Track) -> dict[str, Any]:
+    """A copy of a track's private attributes (its in-memory caches, e.g. loaded splits)."""
+    return {k: copy.deepcopy(v) for k, v in vars(track).items() if k.startswith("_")}
+
+
+def _reset_private_state(track: Track, state: dict[str, Any]) -> None:
+    """Put a track's private attributes back to ``state`` (copies): it reloads from its stages when asked."""
+    for k, v in state.items():
+        setattr(track, k, copy.deepcopy(v))
+
+
+def _detached(track: Track, state: dict[str, Any]) -> Track:
+    """A copy of ``track`` with its private attributes as in ``state``, cheap to send to a worker process."""
+    out = copy.copy(track)
+    _reset_private_state(out, state)
+    return out
 
 
 def _json(obj: Any) -> str:

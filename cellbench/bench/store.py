@@ -18,7 +18,8 @@ from ..results import Record
 from .cache import Stage
 
 __all__ = ["to_uint8", "save_paired", "load_paired", "save_labelled", "load_labelled", "save_tensors",
-           "load_tensors", "save_records", "load_records", "save_array", "load_array", "StoreError"]
+           "load_tensors", "save_records", "load_records", "save_array", "load_array", "save_arrays",
+           "load_arrays", "StoreError"]
 
 
 class StoreError(RuntimeError):
@@ -90,3 +91,17 @@ def save_array(stage: Stage, rel: str, array: np.ndarray) -> None:
 
 def load_array(stage: Stage, rel: str) -> np.ndarray:
     return np.load(stage.path(rel), allow_pickle=False)
+
+
+def save_arrays(stage: Stage, rel: str, arrays: dict[str, np.ndarray]) -> None:
+    """Named arrays in one uncompressed ``.npz`` (names may contain ``/``)."""
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    stage.write_file(rel, write)
+
+
+def load_arrays(stage: Stage, rel: str) -> dict[str, np.ndarray]:
+    with np.load(stage.path(rel), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

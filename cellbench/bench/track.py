@@ -60,6 +60,8 @@ class RunContext(Protocol):
     def classifier(self) -> Any: ...
     def reference_predictions(self) -> dict[str, np.ndarray]: ...
     def reference_features(self) -> np.ndarray: ...
+    def eval_stage(self, name: str) -> Any:
+        """The evaluation stage of a method or reference (its ``.key`` keys what derives from it)."""
 
 
 class Track(Protocol):
@@ -115,6 +117,9 @@ class Track(Protocol):
 
     def sample_rows(self, outputs: dict[str, torch.Tensor], per_class: int) -> tuple[list[str], list[SampleRow]]:
         """Columns and rows of the image grid."""
+
+    # Optional: ``per_image_values(method) -> dict[str, np.ndarray] | None`` (the paired track's per-image
+    # values, written to ``artifacts/per-image/<method>.csv``); a track without it writes none.
 
     def metadata(self) -> dict[str, Any]:
         """Extra configuration stored in the results metadata."""

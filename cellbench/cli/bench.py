@@ -29,16 +29,44 @@ def _comparison_report(run_dir: Path, methods: list[str], title: str) -> Path:
     return build_comparison_report(run_dir, methods)
 
 
-def cmd_run_all(args: argparse.Namespace) -> int:
+def _open_run_all(args: argparse.Namespace, run_dir: Path, seed: int):
     from ..bench import open_benchmark
     from ..bench.config import parse_set_items
 
-    bench = open_benchmark(_run_dir(args, args.out), profile=args.profile, data=args.data, methods=args.methods,
-                           device=args.device, seed=args.seed, overrides=parse_set_items(args.set),
+    bench = open_benchmark(run_dir, profile=args.profile, data=args.data, methods=args.methods,
+                           device=args.device, seed=seed, overrides=parse_set_items(args.set),
                            progress=not args.quiet, x_test=args.x_test, scale=args.scale)
+    return bench.configure(jobs=args.jobs, redo_speed=args.redo_speed)
+
+
+def cmd_run_all(args: argparse.Namespace) -> int:
+    if args.seeds:
+        return _run_seeds(args)
+    bench = _open_run_all(args, _run_dir(args, args.out), args.seed)
     out = bench.run(finish=None if args.no_report else _full_report)
     print(f"results: {bench.run_dir / 'results.json'}")
     print(f"report:  {out}")
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    """``run-all --seeds A,B``: one run folder per seed (RUN/seed-<s>/) and Kendall's tau between their rankings."""
+    from ..bench.seeds import RANK_STABILITY, parse_seeds, run_seeds, seed_dir
+
+    seeds = parse_seeds(args.seeds)
+    run_dir = _run_dir(args, args.out)
+    for s in seeds:  # every option checked before the first seed starts
+        _open_run_all(args, seed_dir(run_dir, s), s)
+    stability, outputs = run_seeds(run_dir, seeds, lambda d, s: _open_run_all(args, d, s),
+                                   finish=None if args.no_report else _full_report)
+    for s in seeds:
+        print(f"seed {s}: {outputs[s]}")
+    print(f"rank stability: {run_dir / RANK_STABILITY}")
+    for c in stability["comparisons"]:
+        tau = "undefined (every method ties)" if c["tau"] is None else f"{c['tau']:+.3f}"
+        p = "" if c["pvalue"] is None else f", p = {c['pvalue']:.3g}"
+        print(f"  {c['metric']} ({c['region']}), seeds {c['seed_a']} vs {c['seed_b']}: Kendall's tau = {tau}"
+              f"{p}, {c['n_methods']} methods")
     return 0
 
 
@@ -50,7 +78,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     bench = open_benchmark(_run_dir(args, args.run), profile=args.profile, data=args.data, methods=methods,
                            device=args.device, seed=args.seed, overrides=parse_set_items(args.set),
                            progress=not args.quiet)
+    bench.configure(jobs=args.jobs, redo_speed=args.redo_speed)
     out = bench.run(comparison=True, finish=_comparison_report)
+    from ..report.build import comparison_summary
+
+    print(comparison_summary(bench.run_dir, methods), end="")
     print(f"comparison report: {out}")
     return 0
 
@@ -77,6 +109,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a run-profile option, e.g. --set size=128 (repeatable; see models/run-all.toml)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", default=None, metavar="N",
+                   help="worker processes for independent stages (fits, evaluations; default: the usable CPU "
+                        "cores); results are identical for every N (docs/speed.md)")
+    p.add_argument("--redo-speed", action="store_true",
+                   help="re-measure only the speed stages (e.g. after a disturbed measurement); reuse the rest")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +127,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", choices=["none", "wbc", "rbc"], default="none",
                    help="cross track: rescale X to Y's cell size before any method")
     p.add_argument("--no-report", action="store_true", help="write results only")
+    p.add_argument("--seeds", metavar="A,B",
+                   help="rank stability: run the benchmark once per seed into OUT/seed-<s>/ (each resumable) and "
+                        "report Kendall's tau between the seeds' method rankings (OUT/rank-stability.json); "
+                        "replaces --seed")
     p.set_defaults(func=cmd_run_all)
 
     p = sub.add_parser("compare", help="evaluate just the named methods on the same data and classifier")

@@ -74,18 +74,33 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
+    from ..train.distributed import setup_distributed, shutdown
     from ..transform import transform_folder
 
     checks.count(args.batch_size, "--batch-size", max=4096)
+    if args.workers is not None:
+        checks.count(args.workers, "--workers", min=0, max=64)
+    checks.count(args.writers, "--writers", max=64)
+    checks.count(args.prefetch, "--prefetch", max=64)
     args.device = resolve_device(args.device)
     checks.input_dir(args.model, "--model")
     checks.input_dir(args.input, "input")
     checks.output_dir(args.output, "output")
-    summary = transform_folder(args.model, args.input, args.output, batch_size=args.batch_size,
-                               device=args.device, overwrite=args.overwrite, progress=not args.quiet,
-                               engine=args.engine)
+    dist = setup_distributed(args.device)  # explicit; a no-op outside torchrun (then one process does all)
+    try:
+        device = str(dist.device) if dist.enabled and dist.device is not None else args.device
+        summary = transform_folder(args.model, args.input, args.output, batch_size=args.batch_size,
+                                   device=device, overwrite=args.overwrite, progress=not args.quiet,
+                                   engine=args.engine, workers=args.workers, prefetch=args.prefetch,
+                                   writers=args.writers, dist_info=dist)
+    finally:
+        shutdown(dist)
+    if not dist.is_main:
+        return 1 if summary.failed else 0
+    rate = summary.written / max(summary.seconds, 1e-9)
+    ranks = f" by {summary.ranks} processes" if summary.ranks > 1 else ""
     print(f"transformed {summary.written} image(s), skipped {summary.existing} already done, "
-          f"{len(summary.failed)} unreadable -> {args.output}")
+          f"{len(summary.failed)} unreadable -> {args.output} ({summary.seconds:.1f} s, {rate:.0f} images/s{ranks})")
     for _path, msg in summary.failed:
         print(f"  unreadable: {msg}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -154,6 +169,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                          "bf16"],
                    help="CPU inference engine of ccgan/pcnet (cellbench.nets.engines; default eager)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding worker processes (default: usable cores - 1, 1..4; 0 decodes in the main process)")
+    p.add_argument("--prefetch", type=int, default=2, help="batches each decoding worker reads ahead (default 2)")
+    p.add_argument("--writers", type=int, default=1, help="threads encoding and writing outputs (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transform)
 

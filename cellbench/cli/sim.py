@@ -1,4 +1,4 @@
-"""``cellbench simulate``: write simulated pairs; ``simulate calibrate``; ``simulate resim``."""
+"""``cellbench simulate``: write simulated pairs; ``simulate calibrate``, ``resim``, ``validate``, ``measure``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _system_help(role: str, default: str) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
-        help="simulate paired two-system data (also: simulate calibrate | resim)",
+        help="simulate paired two-system data (also: simulate calibrate | resim | validate | measure)",
         description="Render stained blood-cell scenes through two digital microscopes and write a paired "
         "dataset ROOT/X, ROOT/Y, ROOT/masks (class-balanced; byte-identical for the same "
         "arguments whatever --workers is). Sub-commands: `calibrate` compares simulated and "
@@ -73,6 +73,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # old name
     r.set_defaults(func=_resim)
+
+    v = ssub.add_parser(
+        "validate",
+        help="realism check: sim -> real and real -> sim classifier transfer, FID/KID",
+        description="Train the WBC classifier on simulated Y images and test it on a real labelled folder "
+        "(sim -> real); train it on the real folder's train split and test it on fresh simulated "
+        "images (real -> sim); FID/KID between simulated and real images on the real-trained "
+        "classifier's features. Targets: sim -> real >= 0.60, real -> sim >= 0.85. The real-trained "
+        "classifier is cached in --work, so a rerun after a simulator change retrains only the "
+        "simulated side. Exit status 0 when both targets hold, 1 otherwise.",
+    )
+    v.add_argument("--real", type=Path, required=True, help="real labelled folder ROOT/<class>/<file> (e.g. PBC)")
+    v.add_argument("--n-per-class", type=int, default=200,
+                   help="simulated training images per class, split 90/10 train/val (default 200)")
+    v.add_argument("--n-test-per-class", type=int, default=100,
+                   help="simulated test images per class, another seed (default 100)")
+    v.add_argument("--system", default="dm96-like", help=_system_help("simulated (Y)", "dm96-like"))
+    v.add_argument("--classifier-preset", default="quick",
+                   help="classifier preset of models/classifier.toml (default quick; tiny for smoke runs)")
+    v.add_argument("--real-eval", choices=["all", "test"], default="all",
+                   help="real images sim -> real is scored on: all of them (default) or the test split")
+    v.add_argument("--limit-per-class", type=int, default=None,
+                   help="at most this many real images per class and split (quick looks)")
+    v.add_argument("--size", type=int, default=256, help="real centre crop and simulated side in px (default 256)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--work", type=Path, default=None,
+                   help="cache of real-trained classifiers (default $CELLBENCH_CACHE/validate or "
+                   "$XDG_CACHE_HOME/cellbench/validate)")
+    v.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    v.add_argument("--workers", type=int, default=1, help="processes rendering simulated images (default 1)")
+    v.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    v.set_defaults(func=_validate)
+
+    m = ssub.add_parser(
+        "measure",
+        help="measure class-conditional morphology from a real labelled folder",
+        description="Segment the real images of a labelled folder and fit the class-conditional shape, "
+        "texture and colour statistics the simulator samples from; write them as a parameter file.",
+    )
+    m.add_argument("--real", type=Path, required=True, help="real labelled folder ROOT/<class>/<file>")
+    m.add_argument("--out", type=Path, required=True, help="parameter file to write")
+    m.add_argument("--limit-per-class", type=int, default=None, help="at most this many images per class")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_measure)
 
 
 #: What ``simulate --replace`` removes: exactly the entries a simulated dataset consists of.
@@ -184,4 +229,55 @@ def _resim(args) -> int:
         progress=not args.quiet,
     )
     print(f"wrote {n} pairs (X: {args.dst} re-simulated, Y: real) to {args.out}")
+    return 0
+
+
+def _validate(args) -> int:
+    import json
+
+    from ..eval.validate import format_report, validate_simulator
+    from ..sim import load_system
+
+    checks.input_dir(args.real, "--real")
+    checks.count(args.n_per_class, "--n-per-class", min=10, max=100_000)
+    checks.count(args.n_test_per_class, "--n-test-per-class", max=100_000)
+    checks.size(args.size, min=32)
+    checks.seed(args.seed)
+    checks.count(args.workers, "--workers", max=256)
+    if args.threads is not None:
+        checks.count(args.threads, "--threads", max=1024)
+    if args.limit_per_class is not None:
+        checks.count(args.limit_per_class, "--limit-per-class")
+    if args.work is not None:
+        checks.output_dir(args.work, "--work")
+    load_system(args.system)
+    result = validate_simulator(
+        args.real,
+        n_per_class=args.n_per_class,
+        n_test_per_class=args.n_test_per_class,
+        system=args.system,
+        preset=args.classifier_preset,
+        seed=args.seed,
+        size=args.size,
+        real_eval=args.real_eval,
+        limit_per_class=args.limit_per_class,
+        work_dir=args.work,
+        threads=args.threads,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
+    return 0 if result["passed"]["all"] else 1
+
+
+def _measure(args) -> int:
+    from ..sim.morphology import measure_folder, save_morphology
+
+    checks.input_dir(args.real, "--real")
+    if args.limit_per_class is not None:
+        checks.count(args.limit_per_class, "--limit-per-class")
+    checks.output_file(args.out, "--out")
+    params = measure_folder(args.real, limit_per_class=args.limit_per_class, progress=not args.quiet)
+    save_morphology(params, args.out)
+    print(f"wrote the morphology measured on {args.real} to {args.out}")
     return 0

@@ -25,6 +25,7 @@ from ..errors import DatasetError
 from .folders import LabelledFolder
 from .scale import ScaleEstimate, estimate_scale, rescale_images, scale_factor
 from .sets import LabelledSet, UnpairedSet
+from .stream import lazy_labelled
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,31 @@ class CrossData:
     y_scale: ScaleEstimate | None = None
 
 
-def _load(folder: LabelledFolder, split: str | None, size: int, limit: int | None) -> LabelledSet:
-    return folder.load(split, size=size, limit_per_class=limit)
+@dataclass(frozen=True)
+class Streaming:
+    """Read images on demand (:mod:`cellbench.data.stream`) instead of decoding every split into memory.
+
+    ``cache_mb``: decoded images kept in all, 40 % for each training set (read at random by the
+    trainers) and 5 % for each validation and test set (read in order); ``workers``: decoding
+    processes of in-order passes (``None``: :func:`cellbench.data.stream.default_workers`).
+    """
+
+    cache_mb: float = 512.0
+    workers: int | None = None
+
+    def share(self, split: str | None) -> float:
+        return self.cache_mb * (0.4 if split == "train" else 0.05)
+
+
+def _load(folder: LabelledFolder, split: str | None, size: int, limit: int | None,
+          stream: Streaming | None = None, rescale: tuple[float, int] | None = None) -> LabelledSet:
+    if stream is None:
+        return folder.load(split, size=size, limit_per_class=limit)
+    items = folder.select(split, limit_per_class=limit)
+    if not items:
+        raise DatasetError(f"{folder.root}: split {split!r} is empty")
+    return lazy_labelled([it.path for it in items], [it.cls for it in items], [it.id for it in items], size=size,
+                         cache_mb=stream.share(split), workers=stream.workers, rescale=rescale)
 
 
 def _empty_like(size: int) -> LabelledSet:
@@ -62,16 +86,17 @@ def _empty_like(size: int) -> LabelledSet:
     return LabelledSet(torch.zeros(0, 3, size, size), [], [])
 
 
-def _load_or_empty(folder: LabelledFolder, split: str, size: int, limit: int | None) -> LabelledSet:
+def _load_or_empty(folder: LabelledFolder, split: str, size: int, limit: int | None,
+                   stream: Streaming | None = None) -> LabelledSet:
     if not folder.select(split):
         log.warning("%s: the %s split is empty", folder.root, split)
         return _empty_like(size)
-    return _load(folder, split, size, limit)
+    return _load(folder, split, size, limit, stream)
 
 
 def load_cross(x_dir: str | os.PathLike, y_dir: str | os.PathLike, *, size: int = 256, seed: int = 0,
                x_test_dir: str | os.PathLike | None = None, scale: str | None = None,
-               limit_per_class: int | None = None) -> CrossData:
+               limit_per_class: int | None = None, stream: Streaming | None = None) -> CrossData:
     """Load two labelled folders as the cross-system track.
 
     Parameters
@@ -90,6 +115,12 @@ def load_cross(x_dir: str | os.PathLike, y_dir: str | os.PathLike, *, size: int 
         every X image by ``scale_factor(x, y, by=scale)`` before cropping to ``size``.
     limit_per_class:
         At most this many images per class and split (quick runs).
+    stream:
+        Read the images on demand (:class:`Streaming`): every set's ``images`` is a
+        :class:`~cellbench.data.stream.LazyImages` holding file names and a bounded cache, so
+        memory does not grow with the folders (the same pixels as the in-memory sets; an
+        unreadable file raises :class:`~cellbench.errors.ImageReadError` naming it when it is
+        read, where the in-memory load skips it with a warning).
 
     Raises
     ------
@@ -122,13 +153,13 @@ def load_cross(x_dir: str | os.PathLike, y_dir: str | os.PathLike, *, size: int 
         log.warning("tiny classes (< %d images in a system): %s", TINY_CLASS,
                     ", ".join(f"{c} ({n})" for c, n in tiny.items()))
 
-    x_train = _load(fx, "train", size, limit_per_class)
-    y_train = _load(fy, "train", size, limit_per_class)
-    x_val = _load_or_empty(fx, "val", size, limit_per_class)
-    y_val = _load_or_empty(fy, "val", size, limit_per_class)
-    x_test = (_load(fxt, None, size, limit_per_class) if fxt is not None
-              else _load_or_empty(fx, "test", size, limit_per_class))
-    y_test = _load_or_empty(fy, "test", size, limit_per_class)
+    x_train = _load(fx, "train", size, limit_per_class, stream)
+    y_train = _load(fy, "train", size, limit_per_class, stream)
+    x_val = _load_or_empty(fx, "val", size, limit_per_class, stream)
+    y_val = _load_or_empty(fy, "val", size, limit_per_class, stream)
+    x_test = (_load(fxt, None, size, limit_per_class, stream) if fxt is not None
+              else _load_or_empty(fx, "test", size, limit_per_class, stream))
+    y_test = _load_or_empty(fy, "test", size, limit_per_class, stream)
 
     factor = None
     ex = ey = None
@@ -151,6 +182,8 @@ def load_cross(x_dir: str | os.PathLike, y_dir: str | os.PathLike, *, size: int 
         def rescaled(folder: LabelledFolder, split: str | None, current: LabelledSet) -> LabelledSet:
             if len(current) == 0:
                 return current
+            if stream is not None:
+                return _load(folder, split, size, limit_per_class, stream, rescale=(factor, src))
             ims = current.images if src == size else _load(folder, split, src, limit_per_class).images
             return LabelledSet(rescale_images(ims, factor, size), current.labels, current.ids)
 

@@ -13,6 +13,7 @@ import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,29 @@ import torch
 
 from ..data.sets import PairedSet
 from ..results import Record
-from .agreement import Proportion, mcnemar_exact, per_class, proportion
-from .metrics import make_record
+from .agreement import (
+    CONFIDENT,
+    Proportion,
+    confident_flips,
+    js_divergence,
+    mcnemar_exact,
+    paired_bootstrap_difference,
+    per_class,
+    proportion,
+)
+from .metrics import METRICS, make_record
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "evaluate_paired",
+    "paired_evaluation",
+    "PairedEvaluation",
+    "class_probabilities",
+    "consistency_records",
+    "paired_difference_records",
+    "per_image_key",
+    "BOOTSTRAP_RESAMPLES",
     "region_masks",
     "image_records",
     "colour_records",
@@ -43,6 +60,18 @@ __all__ = [
 ]
 
 IMAGE_METRICS = ("psnr", "ssim", "ciede2000_mean", "ciede2000_p95")
+#: Resamples of the paired bootstrap intervals of differences between methods.
+BOOTSTRAP_RESAMPLES = 2000
+#: Per-image metrics (metric, region) whose differences between methods are bootstrapped, in display order.
+PAIRED_DIFF_KEYS = (("agreement", "all"), ("js_consistency", "all"), ("flip_rate", "all"),
+                    ("ciede2000_mean", "wbc"), ("ciede2000_mean", "image"), ("ciede2000_p95", "wbc"),
+                    ("ciede2000_p95", "image"), ("psnr", "wbc"), ("psnr", "image"), ("ssim", "wbc"),
+                    ("ssim", "image"), ("accuracy", "all"))
+
+
+def per_image_key(metric: str, region: str = "all") -> str:
+    """The name of a per-image value array: ``"<metric>/<region>"`` (e.g. ``"ciede2000_mean/wbc"``)."""
+    return f"{metric}/{region}"
 
 
 def _cell_types(labels: Sequence[str]) -> list[str]:
@@ -214,10 +243,89 @@ def classifier_records(run: str, y_pred, labels: Sequence[str], classes: Sequenc
     return _accuracy_records(run, "classifier", y_pred, list(labels), list(classes), split, role="reference")
 
 
+def class_probabilities(classifier, images: torch.Tensor, *, batch_size: int = 64) -> np.ndarray | None:
+    """The classifier's class probabilities ``(N, C)`` (float64 softmax of its logits) on ``images``.
+
+    Uses ``classifier.predict_proba(images)`` when it has one, else ``softmax(classifier.logits(batch))``
+    in eval mode without gradients, ``batch_size`` images at a time; ``None`` when it has neither
+    (a stand-in with only ``predict``).
+    """
+    if hasattr(classifier, "predict_proba"):
+        return np.asarray(_as_np(classifier.predict_proba(images)), dtype=np.float64)
+    if not hasattr(classifier, "logits"):
+        return None
+    import contextlib
+
+    mode = classifier.eval_mode() if hasattr(classifier, "eval_mode") else contextlib.nullcontext()
+    out = []
+    with mode, torch.no_grad():
+        for i in range(0, len(images), max(1, int(batch_size))):
+            logits = classifier.logits(images[i:i + batch_size]).detach().double().cpu()
+            out.append(torch.softmax(logits, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(getattr(classifier, "classes", []))))
+
+
+def consistency_records(
+    run: str, method: str, proba_g, proba_y, pred_g, pred_y, labels: Sequence[str], *,
+    threshold: float = CONFIDENT, split: str = "test", role: str = "method",
+) -> tuple[list[Record], dict[str, np.ndarray]]:
+    """``js_consistency`` and ``flip_rate`` of one method, overall and per true class, and their per-image values.
+
+    ``js_consistency`` = mean over pairs of the Jensen-Shannon divergence (bits, base 2) between the
+    classifier's probabilities on G(x) and on y, with a 95 % Student-t interval of the mean;
+    ``flip_rate`` = percent of the confidently classified pairs (``max(proba_y) >= threshold``) whose
+    call on G(x) differs from the call on y, with a 95 % Wilson interval (``n`` = confident pairs,
+    ``extra = {"k": flips, "threshold": threshold}``).
+
+    Returns
+    -------
+    (records, per_image)
+        ``per_image`` has ``"js_consistency/all"`` (``(N,)`` bits) and ``"flip_rate/all"`` (1.0 flip,
+        0.0 kept, NaN not confident).
+    """
+    js = js_divergence(proba_g, proba_y)
+    flips = confident_flips(pred_g, pred_y, proba_y, threshold=threshold)
+    if len(js) != len(labels):
+        raise ValueError(f"{method}: {len(js)} probability rows for {len(labels)} labels")
+    lab = np.asarray(list(labels))
+    recs: list[Record] = []
+    for ct in _cell_types(labels):
+        sel = np.ones(len(lab), bool) if ct == "all" else lab == ct
+        mean, lo, hi, n = _mean_ci(js[sel])
+        if n:
+            recs.append(make_record(run, method, "js_consistency", mean, split=split, cell_type=ct, n=n,
+                                    ci_low=lo, ci_high=hi, region="all", role=role))
+        f = flips[sel]
+        confident = f[~np.isnan(f)] > 0.5
+        if len(confident):
+            recs.append(_prop_record(run, method, "flip_rate", proportion(confident), split=split, cell_type=ct,
+                                     extra={"threshold": threshold}, role=role))
+    return recs, {per_image_key("js_consistency"): js, per_image_key("flip_rate"): flips}
+
+
 # --------------------------------------------------------------------------- the paired evaluation
 
 
-def evaluate_paired(
+@dataclass
+class PairedEvaluation:
+    """Records of one method's paired evaluation and the per-image values behind them.
+
+    ``per_image`` maps :func:`per_image_key` names (``"agreement/all"``, ``"js_consistency/all"``,
+    ``"flip_rate/all"``, ``"accuracy/all"``, ``"<image metric>/<image|wbc>"``) to ``(N,)`` float64
+    arrays in test order: agreement/accuracy/flip as 1.0/0.0, NaN where undefined (an empty region,
+    an unknown class, a cell the classifier is not confident about).
+    """
+
+    records: list[Record]
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def evaluate_paired(method: str, outputs: torch.Tensor, data: PairedSet, *, run: str, **kwargs: Any) -> list[Record]:
+    """Every paired metric of one method on a test set: :func:`paired_evaluation`'s records."""
+    return paired_evaluation(method, outputs, data, run=run, **kwargs).records
+
+
+def paired_evaluation(
     method: str,
     outputs: torch.Tensor,
     data: PairedSet,
@@ -226,14 +334,17 @@ def evaluate_paired(
     classifier=None,
     y_pred=None,
     g_pred=None,
+    y_proba=None,
+    g_proba=None,
     masks: torch.Tensor | None = None,
     seed: int = 0,
     split: str = "test",
     classes: Sequence[str] | None = None,
     colour_samples_per_image: int = 4096,
+    confident: float = CONFIDENT,
     role: str = "method",
-) -> list[Record]:
-    """Every paired metric of one method on a test set.
+) -> PairedEvaluation:
+    """Every paired metric of one method on a test set, and the per-image values behind them.
 
     Parameters
     ----------
@@ -249,6 +360,12 @@ def evaluate_paired(
     y_pred, g_pred:
         Cached class predictions on ``data.y`` and ``outputs`` (computed with ``classifier`` when
         missing and a classifier is given).
+    y_proba, g_proba:
+        Cached ``(N, C)`` class probabilities on ``data.y`` and ``outputs`` (computed with
+        :func:`class_probabilities` when missing and the classifier exposes them); with both,
+        ``js_consistency`` and ``flip_rate`` are recorded.
+    confident:
+        The probability on y from which a cell counts as confidently classified (``flip_rate``).
     masks:
         ``(N, H, W)`` region labels of ``data.y``; default: :func:`region_masks` (dataset masks,
         else segmentation of y). Pass them to avoid re-segmenting for every method.
@@ -260,12 +377,14 @@ def evaluate_paired(
 
     Returns
     -------
-    list[Record]
-        ``psnr``, ``ssim``, ``ciede2000_mean``, ``ciede2000_p95`` (regions ``image`` and ``wbc``; per
-        cell type and ``all``; 95 % t-intervals over images); colour statistics (``lab_*``,
-        ``colour_delta_e``, ``w1_*``; regions nucleus, cytoplasm, red_cell, background, wbc); with
-        predictions: ``agreement`` and ``accuracy`` in percent with 95 % Wilson CIs, overall and per
-        class.
+    PairedEvaluation
+        ``records``: ``psnr``, ``ssim``, ``ciede2000_mean``, ``ciede2000_p95`` (regions ``image`` and
+        ``wbc``; per cell type and ``all``; 95 % t-intervals over images); colour statistics
+        (``lab_*``, ``colour_delta_e``, ``w1_*``; regions nucleus, cytoplasm, red_cell, background,
+        wbc); with predictions: ``agreement`` and ``accuracy`` in percent with 95 % Wilson CIs,
+        overall and per class; with probabilities: ``js_consistency`` and ``flip_rate``
+        (:func:`consistency_records`). ``per_image``: the per-image values (see
+        :class:`PairedEvaluation`), for paired bootstrap intervals between methods.
     """
     from .colour import ColourAccumulator
     from .image import image_metrics
@@ -284,6 +403,8 @@ def evaluate_paired(
                                 samples_per_image=colour_samples_per_image)
     per_image = image_metrics(out, y, masks=masks, lab_hook=None if acc is None else acc.update)
     recs += image_records(run, method, per_image, labels, split=split, role=role)
+    values = {per_image_key(metric, region): np.asarray(v[metric], dtype=np.float64)
+              for region, v in per_image.items() for metric in IMAGE_METRICS}
     if acc is not None:
         recs += colour_records(run, method, acc.result(), split=split, role=role)
 
@@ -294,9 +415,23 @@ def evaluate_paired(
         y_pred = classifier.predict(data.y)
     if g_pred is not None and y_pred is not None:
         recs += agreement_records(run, method, g_pred, y_pred, labels, split=split, role=role)
+        values[per_image_key("agreement")] = (_as_np(g_pred) == _as_np(y_pred)).astype(np.float64)
     if g_pred is not None and classes:
         recs += _accuracy_records(run, method, g_pred, labels, classes, split, role)
-    return recs
+        idx, known = _label_indices(labels, classes, method)
+        correct = (_as_np(g_pred) == idx).astype(np.float64)
+        correct[~known] = np.nan
+        values[per_image_key("accuracy")] = correct
+    if classifier is not None and g_proba is None:
+        g_proba = class_probabilities(classifier, out)
+    if classifier is not None and y_proba is None and g_proba is not None:
+        y_proba = class_probabilities(classifier, y)
+    if g_proba is not None and y_proba is not None and g_pred is not None and y_pred is not None:
+        more, v = consistency_records(run, method, g_proba, y_proba, g_pred, y_pred, labels, threshold=confident,
+                                      split=split, role=role)
+        recs += more
+        values.update(v)
+    return PairedEvaluation(recs, values)
 
 
 # --------------------------------------------------------------------------- tests between methods
@@ -330,6 +465,61 @@ def mcnemar_records(run: str, per_method_correct: Mapping[str, np.ndarray], *, s
         r = mcnemar_exact(arrays[a], arrays[b])
         recs.append(make_record(run, a, "mcnemar_p", r.pvalue, split=split, n=sizes[a],
                          extra={"vs": b, "statistic": r.statistic, "b": r.b, "c": r.c, "basis": basis}))
+    return recs
+
+
+def paired_difference_records(
+    run: str, per_image: Mapping[str, Mapping[str, np.ndarray]], *, resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95, seed: int = 0, split: str = "test",
+    keys: Sequence[tuple[str, str]] = PAIRED_DIFF_KEYS,
+) -> list[Record]:
+    """Paired bootstrap intervals of the difference of every per-image metric between every two methods.
+
+    Parameters
+    ----------
+    per_image:
+        ``{method: {per_image_key: (N,) values}}`` (:attr:`PairedEvaluation.per_image`), the same
+        test images in the same order for every method.
+    resamples, confidence, seed:
+        Of :func:`cellbench.eval.agreement.paired_bootstrap_difference` (the same seed, hence the same
+        resampled images, for every pair and metric).
+    keys:
+        ``(metric, region)`` pairs to compare (those present for both methods are used).
+
+    Returns
+    -------
+    list[Record]
+        Metric ``paired_diff``, one record per ordered pair (A vs B and B vs A, the sign and the
+        interval flipped) and per metric: ``value`` = mean(A) - mean(B) in the metric's unit
+        (percentage points for percent metrics), ``ci_low``/``ci_high`` = the percentile interval,
+        ``n`` = images used, ``region`` = the metric's region, ``extra = {"vs": B, "metric", "unit",
+        "higher_is_better", "excludes_zero", "mean", "vs_mean", "resamples", "confidence", "seed"}``.
+    """
+    names = list(per_image)
+    recs: list[Record] = []
+    for a, b in itertools.combinations(names, 2):
+        for metric, region in keys:
+            key = per_image_key(metric, region)
+            if key not in per_image[a] or key not in per_image[b]:
+                continue
+            va, vb = per_image[a][key], per_image[b][key]
+            if len(va) != len(vb):
+                raise ValueError(f"per-image {key}: {a} has {len(va)} values, {b} {len(vb)}; the same images needed")
+            spec = METRICS.get(metric)
+            scale, unit = (100.0, "pp") if spec.unit == "%" else (1.0, spec.unit)
+            d = paired_bootstrap_difference(va, vb, resamples=resamples, confidence=confidence, seed=seed)
+            if d.n == 0:
+                continue
+            for m, other, sign in ((a, b, 1.0), (b, a, -1.0)):
+                lo, hi = sorted((sign * scale * d.ci_low, sign * scale * d.ci_high))
+                mean, vs_mean = (d.mean_a, d.mean_b) if sign > 0 else (d.mean_b, d.mean_a)
+                recs.append(make_record(run, m, "paired_diff", sign * scale * d.value, split=split, n=d.n,
+                                        ci_low=lo, ci_high=hi, region=region, extra={
+                                            "vs": other, "metric": metric, "unit": unit,
+                                            "higher_is_better": spec.higher_is_better,
+                                            "excludes_zero": d.excludes_zero, "mean": scale * mean,
+                                            "vs_mean": scale * vs_mean, "resamples": d.resamples,
+                                            "confidence": confidence, "seed": seed}))
     return recs
 
 

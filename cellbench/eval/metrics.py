@@ -68,6 +68,15 @@ _add("accuracy_gain", _E + "agreement:accuracy", "classifier", True, "pp",
      "Cross-system track: accuracy on G(x) minus accuracy on the raw X images, percentage points")
 _add("mcnemar_p", _E + "agreement:mcnemar_exact", "classifier", None, "",
      "Exact McNemar test p-value between two methods' per-pair agreement (two-sided)")
+_add("js_consistency", _E + "agreement:js_divergence", "classifier", False, "bits",
+     "Prediction consistency: mean Jensen-Shannon divergence (base 2, 0-1) between the classifier's "
+     "class probabilities on G(x) and on y (0 = identical; does not saturate when the calls agree)")
+_add("flip_rate", _E + "agreement:flip_rate", "classifier", False, "%",
+     "Percent of confidently classified cells (classifier's probability on y >= extra.threshold) "
+     "whose class on G(x) differs")
+_add("paired_diff", _E + "agreement:paired_bootstrap_difference", "classifier", None, "",
+     "Difference of a per-image metric between two methods (mean(A) - mean(B), extra.metric, "
+     "extra.unit) with a paired bootstrap 95 % interval; not ranked")
 
 # full-reference image metrics (region "image" or "wbc")
 _add("psnr", _E + "image:psnr", "paired", True, "dB",

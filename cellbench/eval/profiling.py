@@ -20,6 +20,22 @@ allocator growth are excluded). A time ``budget`` per method (seconds) bounds th
 the timed series stop early when it runs out (at least one timed call each), and larger batch
 sizes are skipped, so a slow method never stalls ``run-all``; the result says so
 (``truncated``). CUDA timings synchronize before and after each call.
+
+**Conditions and the disturbed rule.** Every profile carries the conditions of its figures: the
+rounds and the spread (90th percentile / median) of each timed series, the process CPU time
+against the wall time of the timed calls, the torch threads, the machine's CPUs and the 1-minute
+load average before and after. :func:`disturbance` names why a measurement should not be
+trusted, and :func:`speed_conditions` is what every speed record carries in ``extra``. A
+measurement is **disturbed** when
+
+* the 1-minute load average before or after exceeds the machine's CPUs by more than
+  :data:`LOAD_MARGIN` (0.5): more threads wanted to run than there were CPUs, so the timed calls
+  waited (the load average counts the whole machine, so the comparison is with its CPUs);
+* the spread p90/median of the series exceeds :data:`MAX_SPREAD` (1.5) over at least
+  :data:`MIN_SPREAD_ROUNDS` (3) rounds: a tenth of the calls took 1.5x the median or longer, which a
+  quiet machine does not do to a fixed computation;
+* on the CPU, the timed calls got less than :data:`MIN_CPU_PER_WALL` (0.5) CPU seconds per wall
+  second: a compute-bound call that gets less than half a core waited for one.
 """
 
 from __future__ import annotations
@@ -38,10 +54,21 @@ import numpy as np
 import torch
 
 from ..results import machine_info
+from ..threads import usable_cores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["profile_normalizer", "profile_function", "format_profile"]
+__all__ = ["profile_normalizer", "profile_function", "format_profile", "disturbance", "speed_conditions",
+           "LOAD_MARGIN", "MAX_SPREAD", "MIN_SPREAD_ROUNDS", "MIN_CPU_PER_WALL"]
+
+#: Disturbed: the 1-minute load average exceeded the machine's CPUs by more than this (module docstring).
+LOAD_MARGIN = 0.5
+#: Disturbed: a timed series' p90/median exceeded this ...
+MAX_SPREAD = 1.5
+#: ... over at least this many rounds (fewer rounds say nothing about the spread).
+MIN_SPREAD_ROUNDS = 3
+#: Disturbed (CPU only): the timed calls got fewer CPU seconds per wall second than this.
+MIN_CPU_PER_WALL = 0.5
 
 
 def _malloc_trim() -> None:
@@ -240,6 +267,7 @@ def profile_function(
         "threads": int(torch.get_num_threads()),
         "load_avg_1min": {"start": load_start, "end": load_end},
         "cpu_count": int(os.cpu_count() or 1),
+        "usable_cores": int(usable_cores()),
         "latency_ms_b1": float(np.median(lat)),
         "latency_ms_b1_p90": float(np.percentile(lat, 90)),
         "throughput_ips": float(thr[best]),
@@ -255,6 +283,45 @@ def profile_function(
         "image_size": int(size),
         "warmup": int(warmup),
         "machine": machine_info(),
+    }
+
+
+def disturbance(prof: dict[str, Any], *, batch_size: int = 1) -> list[str]:
+    """Why ``prof``'s figures at ``batch_size`` were disturbed (empty: not disturbed); the rule is in
+    the module docstring. Reads only the profile, so tests inject timings and load values."""
+    reasons = []
+    cpus = int(prof.get("cpu_count") or 1)
+    load = prof.get("load_avg_1min") or {}
+    worst = max((v for v in (load.get("start"), load.get("end")) if v is not None), default=None)
+    if worst is not None and worst > cpus + LOAD_MARGIN:
+        reasons.append(f"load average {worst:.2f} above the machine's {cpus} CPU(s)")
+    row = (prof.get("latency_by_batch") or {}).get(int(batch_size)) or (
+        prof.get("latency_by_batch") or {}).get(str(batch_size)) or {}
+    rounds = int(row.get("rounds", prof.get("n_latency", 0) if batch_size == 1 else 0))
+    spread = row.get("spread", prof.get("spread_p90_median") if batch_size == 1 else None)
+    if spread is not None and rounds >= MIN_SPREAD_ROUNDS and spread > MAX_SPREAD:
+        reasons.append(f"wide spread: p90/median {spread:.2f} > {MAX_SPREAD} over {rounds} rounds")
+    cpw = prof.get("cpu_per_wall")
+    if prof.get("device", "cpu") == "cpu" and cpw is not None and np.isfinite(cpw) and cpw < MIN_CPU_PER_WALL:
+        reasons.append(f"the timed calls got {cpw:.2f} CPU s per wall s (< {MIN_CPU_PER_WALL}): they waited for a CPU")
+    return reasons
+
+
+def speed_conditions(prof: dict[str, Any], *, batch_size: int = 1) -> dict[str, Any]:
+    """The conditions every speed record carries in ``extra`` (the series at ``batch_size``): ``rounds``,
+    ``spread_p90_median``, ``cpu_time_s``, ``wall_time_s``, ``cpu_per_wall``, ``threads``, ``cpu_count``,
+    ``usable_cores``, ``load_avg_1min`` ({"start", "end"}), ``disturbed`` and ``disturbed_reasons``."""
+    by = prof.get("latency_by_batch") or {}
+    row = by.get(int(batch_size)) or by.get(str(batch_size)) or {}
+    reasons = disturbance(prof, batch_size=batch_size)
+    spread = row.get("spread", prof.get("spread_p90_median"))
+    return {
+        "rounds": int(row.get("rounds", prof.get("n_latency", 0))),
+        "spread_p90_median": None if spread is None else round(float(spread), 4),
+        "cpu_time_s": prof.get("cpu_time_s"), "wall_time_s": prof.get("wall_time_s"),
+        "cpu_per_wall": prof.get("cpu_per_wall"), "threads": prof.get("threads"), "cpu_count": prof.get("cpu_count"),
+        "usable_cores": prof.get("usable_cores"), "load_avg_1min": dict(prof.get("load_avg_1min") or {}),
+        "disturbed": bool(reasons), "disturbed_reasons": reasons,
     }
 
 
@@ -285,9 +352,10 @@ def format_profile(prof: dict[str, Any]) -> str:
                  f"peak memory {prof['peak_mem_mb']:.1f} MiB")
     if "cpu_per_wall" in prof:
         lines.append(f"  CPU time / wall time {prof['cpu_per_wall']:.2f} over {prof['wall_time_s']:.2f} s timed; "
-                     f"load average {load.get('start')} -> {load.get('end')} on {prof.get('cpu_count')} CPU(s)"
-                     + (" (busy machine: figures are pessimistic)" if (load.get("end") or 0) > prof.get(
-                         "cpu_count", 1) else ""))
+                     f"load average {load.get('start')} -> {load.get('end')} on {prof.get('cpu_count')} CPU(s)")
+        reasons = disturbance(prof)
+        if reasons:
+            lines.append(f"  DISTURBED ({'; '.join(reasons)}): re-measure on a quiet machine")
     if prof.get("truncated"):
         lines.append("  truncated: the time budget (--seconds) or memory cut the profile short")
     return "\n".join(lines)

@@ -104,6 +104,9 @@ class NetConfig:
         only); ``auto``/true/false.
     progress:
         Show a progress bar while training.
+    threads:
+        CPU intra-op threads of the training loop; 0 (default): the thread policy of
+        :mod:`cellbench.threads` (one thread for crops below 128 px, every usable core from 128).
     tile_size, tile_overlap:
         Inference tiling of large images.
     feature_net, vgg_weights, classifier_dir:
@@ -140,6 +143,7 @@ class NetConfig:
     amp: str = "auto"
     channels_last: bool | str = "auto"
     progress: bool = True
+    threads: int = 0
     tile_size: int = 256
     tile_overlap: int = 64
     feature_net: str = "vgg16"
@@ -152,7 +156,7 @@ class NetConfig:
                      "keep_checkpoints", "tile_size"):
             setattr(self, name, check_int(getattr(self, name), name, min=1))
         for name in ("head_channels", "head_depth", "crop_size", "sample_every", "tile_overlap",
-                     "precise_bn_batches"):
+                     "precise_bn_batches", "threads"):
             setattr(self, name, check_int(getattr(self, name), name, min=0))
         if self.tile_overlap >= self.tile_size:
             raise ConfigError(f"tile_overlap={self.tile_overlap}: must be smaller than tile_size={self.tile_size}")
@@ -220,6 +224,7 @@ class NetConfig:
             amp=self.amp,
             channels_last=None if self.channels_last == "auto" else bool(self.channels_last),
             progress=self.progress,
+            threads=self.threads or None,
         )
 
 

@@ -166,15 +166,43 @@ def _sections(run_dir: Path, records: list[Record], methods: list[str], *, compa
         s.note = "No overall test records in results.json; nothing to rank."
     secs.append(s)
 
-    # McNemar
-    s = Section("significance", "Pairwise significance (McNemar)")
+    # paired bootstrap differences and McNemar
+    s = Section("significance", "Significance: paired differences and McNemar")
+    diff = tab.paired_difference_table(records, methods)
+    if diff:
+        s.tables.append(diff)
+    if comparison and len([m for m in methods if m not in refs]) <= 6:
+        pairs = tab.paired_difference_pairs(records, [m for m in methods if m not in refs])
+        if pairs:
+            s.tables.append(pairs)
     mc = tab.mcnemar_matrix(records, methods)
     if mc:
         mc.row_header = ""
+        mc.caption = "Pairwise McNemar tests on same-class agreement: p-values; ● p < 0.05 " \
+                     "(no multiple-comparison correction)."
         s.tables.append(mc)
+    if s.tables:
+        s.intro = ("Differences between methods on the same test images: paired bootstrap intervals of "
+                   "mean(method) − mean(best) for every per-image metric (Efron & Tibshirani 1993), and exact "
+                   "McNemar tests on agreement.")
     else:
-        s.note = "No McNemar records (metric mcnemar_p) for these methods."
-    if mc or comparison:
+        s.note = "No paired-difference (paired_diff) or McNemar (mcnemar_p) records for these methods."
+    if s.tables or comparison:
+        secs.append(s)
+
+    # rank stability across seeds
+    stability = _rank_stability(run_dir)
+    if stability is not None:
+        s = Section("rank-stability", "Rank stability across seeds")
+        table, notes = stability
+        if table:
+            s.tables.append(table)
+            s.intro = ("Kendall's tau (Kendall 1938) between the method rankings of two seeds for each headline "
+                       "metric: 1 = the same order, 0 = unrelated, −1 = reversed (rank-stability.json, written "
+                       "by `cellbench run-all --seeds`).")
+        else:
+            s.note = "rank-stability.json lists no rankings."
+        s.notes.extend(notes)
         secs.append(s)
 
     # per cell type
@@ -287,6 +315,40 @@ def _sections(run_dir: Path, records: list[Record], methods: list[str], *, compa
         s.tables.append(am)
         secs.append(s)
     return secs
+
+
+RANK_STABILITY = "rank-stability.json"
+
+
+def _rank_stability(run_dir: Path) -> tuple[tab.Table, list[str]] | None:
+    """The table of ``run_dir/rank-stability.json`` (None when the file is absent; a note when damaged)."""
+    path = run_dir / RANK_STABILITY
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows_in = [r for r in data["comparisons"] if isinstance(r, dict)]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return tab.Table([], []), [f"{RANK_STABILITY} unreadable ({exc}); run `cellbench run-all --seeds` again."]
+    columns = [tab.Column("kendall_tau", title="Kendall's tau"), tab.Column("kendall_p", title="p-value"),
+               tab.Column("n_methods", title="methods"), tab.Column("ranking_a", title="ranking (first seed)"),
+               tab.Column("ranking_b", title="ranking (second seed)")]
+    rows = []
+    for r in rows_in:
+        tau, p = r.get("tau"), r.get("pvalue")
+        name = (f"{tab.label(str(r.get('metric', '?')))} ({r.get('region', 'all')}), "
+                f"seeds {r.get('seed_a')} vs {r.get('seed_b')}")
+        cells = [tab.Cell(text="undefined (ties)" if not tab.finite(tau) else f"{tau:+.3f}",
+                          value=tau if tab.finite(tau) else None),
+                 tab.Cell(text=tab.fmt_value(p, metric="mcnemar_p") if tab.finite(p) else "—"),
+                 tab.Cell(text=str(r.get("n_methods", "—"))),
+                 tab.Cell(text=" > ".join(map(str, r.get("ranking_a") or []))),
+                 tab.Cell(text=" > ".join(map(str, r.get("ranking_b") or [])))]
+        rows.append(tab.Row(name, cells))
+    table = tab.Table(columns, rows, row_header="Metric", name="rank-stability", caption=(
+        "Rankings best first in each metric's direction; tau-b corrects for ties and is undefined when every "
+        "method ties."))
+    return table, []
 
 
 def _passthrough_notes(records: Sequence[Record], methods: Sequence[str]) -> list[str]:
@@ -414,7 +476,10 @@ def markdown_report(run_dir: str | os.PathLike) -> str:
     records, metadata = load_results(run_dir)  # a clear CellbenchError when there are none
     check_fingerprints(metadata, Path(run_dir) / "results.json")
     methods = tab.order_methods(records)
-    sections = [("Leaderboard", tab.leaderboard(records, methods)), ("Speed", tab.speed_table(records, methods))]
+    sections = [("Leaderboard", tab.leaderboard(records, methods)),
+                ("Paired bootstrap differences from the best method (● the 95 % interval excludes 0)",
+                 tab.paired_difference_table(records, methods)),
+                ("Speed", tab.speed_table(records, methods))]
     if any(r.metric == "accuracy_gain" for r in records):
         sections.append(("Accuracy gain over raw X (cross-system track)", tab.metric_columns(
             records, methods, [("accuracy", "all"), ("accuracy_gain", "all")])))
@@ -423,5 +488,30 @@ def markdown_report(run_dir: str | os.PathLike) -> str:
                          "wbc", "nucleus", "cytoplasm", "red_cell", "background")])))
     sections += [(t.caption, t) for t in tab.per_cell_type_tables(records, methods)]
     notes = _passthrough_notes(records, methods)
-    text = "".join(f"### {title}\n\n{tab.to_markdown(table)}\n" for title, table in sections if table)
+    text = "".join(f"### {title}\n\n{tab.to_markdown(table)}\n"
+                   + "".join(f"\n{n}\n" for n in (getattr(table, "notes", None) or []))
+                   for title, table in sections if table)
     return text + "".join(f"Note: {n}\n" for n in notes)
+
+
+#: Columns ``compare`` prints for each method: agreement, the consistency measures and the colour error.
+COMPARE_COLUMNS = (("agreement", "all"), ("js_consistency", "all"), ("flip_rate", "all"), ("ciede2000_mean", "wbc"),
+                   ("ciede2000_mean", "image"))
+
+
+def comparison_summary(run_dir: str | os.PathLike, methods: Sequence[str]) -> str:
+    """What ``cellbench compare`` prints: the compared methods' agreement, JS consistency, flip rate and
+    ΔE00 (with intervals), then every pair's paired bootstrap differences and McNemar p, as Markdown."""
+    records, metadata = load_results(run_dir)
+    check_fingerprints(metadata, Path(run_dir) / "results.json")
+    chosen = _check_methods(list(dict.fromkeys(methods)), _methods_in(records), Path(run_dir))
+    refs = tab.reference_methods(records)
+    table = tab.metric_columns(records, chosen + sorted(refs), list(COMPARE_COLUMNS))
+    pairs = tab.paired_difference_pairs(records, [m for m in chosen if m not in refs])
+    text = ""
+    if table:
+        text += "### Agreement, prediction consistency and colour error (95 % intervals)\n\n" + tab.to_markdown(table)
+    if pairs:
+        text += ("\n### Paired differences A − B (95 % paired bootstrap intervals; ● excludes 0)\n\n"
+                 + tab.to_markdown(pairs))
+    return text

@@ -37,6 +37,8 @@ SPEED_METRICS: tuple[str, ...] = (
 #: Headline columns of the leaderboard, in display order: ``(metric, region)``.
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("agreement", "all"),
+    ("js_consistency", "all"),
+    ("flip_rate", "all"),
     ("accuracy", "all"),
     ("ciede2000_mean", "wbc"),
     ("ciede2000_mean", "image"),
@@ -51,6 +53,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
 #: Per-cell-type tables: metric and the regions to try, first found wins.
 PER_CELL_TYPE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("agreement", ("all",)),
+    ("js_consistency", ("all",)),
     ("accuracy", ("all",)),
     ("ciede2000_mean", ("wbc", "image", "all")),
     ("psnr", ("wbc", "image", "all")),
@@ -62,6 +65,9 @@ LABELS: dict[str, str] = {
     "accuracy": "Accuracy",
     "accuracy_gain": "Gain vs raw X",
     "mcnemar_p": "McNemar p",
+    "js_consistency": "JS consistency",
+    "flip_rate": "Flip rate (confident)",
+    "paired_diff": "Difference",
     "psnr": "PSNR",
     "ssim": "SSIM",
     "ciede2000_mean": "ΔE00 mean",
@@ -91,6 +97,26 @@ UNITS: dict[str, str] = {
 }
 
 
+#: Metrics stored per pair of methods (``extra["vs"]``): never a column of a method table.
+PAIRWISE_METRICS: tuple[str, ...] = ("mcnemar_p", "paired_diff")
+
+#: Columns of the paired-difference tables, in display order: ``(metric, region)`` of ``paired_diff`` records.
+DIFF_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("agreement", "all"),
+    ("js_consistency", "all"),
+    ("flip_rate", "all"),
+    ("ciede2000_mean", "wbc"),
+    ("ciede2000_mean", "image"),
+    ("ciede2000_p95", "wbc"),
+    ("ciede2000_p95", "image"),
+    ("psnr", "wbc"),
+    ("psnr", "image"),
+    ("ssim", "wbc"),
+    ("ssim", "image"),
+    ("accuracy", "all"),
+)
+
+
 def label(metric: str) -> str:
     """Display name of a metric (the metric key itself when unknown)."""
     return LABELS.get(metric, metric)
@@ -98,7 +124,7 @@ def label(metric: str) -> str:
 
 def is_descriptive(metric: str) -> bool:
     """Metrics that describe rather than score (Lab means/stds, p-values): kept out of rankings."""
-    return metric.startswith("lab_") or metric == "mcnemar_p"
+    return metric.startswith("lab_") or metric in PAIRWISE_METRICS
 
 
 def finite(v: float | None) -> bool:
@@ -199,6 +225,8 @@ class Table:
     row_header: str = "Method"
     notes: list[str] = field(default_factory=list)
     mark: str = "★"
+    mark_label: str = "best"  # what the mark says to a screen reader
+    name: str = ""  # the table's data-table name in the page (default: its section's id)
 
     def __bool__(self) -> bool:
         return bool(self.columns and self.rows)
@@ -245,7 +273,7 @@ def _index(records: Iterable[Record]) -> dict[tuple, dict[str, Record]]:
     """``(metric, region, device, cell_type) -> {method: record}``; a later duplicate wins."""
     out: dict[tuple, dict[str, Record]] = {}
     for r in records:
-        if r.metric == "mcnemar_p":  # pairwise: one record per pair, see mcnemar_matrix
+        if r.metric in PAIRWISE_METRICS:  # one record per pair: see mcnemar_matrix, paired_difference_table
             continue
         key = (r.metric, r.region, _device(r), r.cell_type)
         slot = out.setdefault(key, {})
@@ -372,7 +400,36 @@ def speed_table(records: Sequence[Record], methods: Sequence[str]) -> Table:
         if desc:
             env.append(f"{e.get('device', '?')}: {desc}")
     env = list(dict.fromkeys(env))
+    # conditions of each measurement (cellbench.eval.profiling.speed_conditions); disturbed cells are marked
+    col_of = {c.key: i for i, c in enumerate(table.columns)}
+    row_of = {row.method: row for row in table.rows}
+    disturbed: dict[str, list[str]] = {}
+    for r in recs:
+        e = r.extra if isinstance(r.extra, dict) else {}
+        row, i = row_of.get(r.method), col_of.get((r.metric, r.region, _device(r), r.cell_type))
+        if row is None or i is None or "rounds" not in e:
+            continue
+        cell = row.cells[i]
+        load = e.get("load_avg_1min") or {}
+        cpw = e.get("cpu_per_wall")
+        cond = ", ".join([f"{e.get('rounds')} rounds", f"p90/median {e.get('spread_p90_median')}",
+                          f"{e.get('threads')} thread(s)",
+                          f"CPU/wall {cpw:.2f}" if isinstance(cpw, (int, float)) else "CPU/wall ?",
+                          f"load {load.get('start')} -> {load.get('end')} on {e.get('cpu_count')} CPU(s)"])
+        cell.tooltip = "; ".join(t for t in (cell.tooltip, cond) if t)
+        if e.get("disturbed"):
+            reasons = [str(x) for x in e.get("disturbed_reasons") or []] or ["disturbed"]
+            cell.text += " ⚠"
+            cell.tooltip += "; DISTURBED: " + "; ".join(reasons)
+            key = f"{r.method} ({e.get('device', '?')})"
+            disturbed[key] = list(dict.fromkeys(disturbed.get(key, []) + reasons))
     table.caption = "Speed and cost; warm-up runs excluded." + (f" Devices: {'; '.join(env)}." if env else "")
+    if disturbed:
+        table.caption += (" ⚠ disturbed measurement, not to be trusted: "
+                          + "; ".join(f"{m}: {', '.join(rs)}" for m, rs in disturbed.items())
+                          + ". Re-measure on a quiet machine with `cellbench run-all --redo-speed`"
+                            " (docs/speed.md).")
+        table.notes.append(table.caption)
     return table
 
 
@@ -459,6 +516,7 @@ def mcnemar_matrix(records: Sequence[Record], methods: Sequence[str]) -> Table:
         caption="Pairwise McNemar tests on same-class agreement: p-values; ● p < 0.05 "
         "(no multiple-comparison correction).",
         mark="●",
+        mark_label="p < 0.05",
     )
 
 
@@ -498,3 +556,141 @@ def metric_columns(
         return Table([], [])
     order = [m for m in methods if any(m in index.get(k, {}) for k in keys)]
     return _method_table(index, keys, order)
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(method) - mean(other) of one per-image metric, with its paired bootstrap interval."""
+
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    unit: str
+    excludes_zero: bool
+
+
+def paired_differences(records: Iterable[Record], methods: Sequence[str], *, split: str = "test",
+                       ) -> dict[tuple[str, str, str, str], Difference]:
+    """``(a, b, metric, region) -> a - b`` from the ``paired_diff`` records (either direction fills both)."""
+    out: dict[tuple[str, str, str, str], Difference] = {}
+    for r in records:
+        if r.metric != "paired_diff" or r.split != split or not isinstance(r.extra, dict):
+            continue
+        other, metric = r.extra.get("vs"), r.extra.get("metric")
+        if not isinstance(other, str) or not isinstance(metric, str) or r.method not in methods or other not in methods:
+            continue
+        unit = str(r.extra.get("unit", ""))
+        excl = bool(r.extra.get("excludes_zero", False))
+        d = Difference(r.value, r.ci_low, r.ci_high, r.n, unit, excl)
+        out[(r.method, other, metric, r.region)] = d
+        flipped = Difference(-r.value, None if r.ci_high is None else -r.ci_high,
+                             None if r.ci_low is None else -r.ci_low, r.n, unit, excl)
+        out.setdefault((other, r.method, metric, r.region), flipped)
+    return out
+
+
+def _diff_cell(d: Difference, metric: str) -> Cell:
+    unit = "%" if d.unit == "pp" else d.unit  # percentage points get the percent digits
+
+    def f(v: float | None) -> str:
+        v = v + 0.0 if finite(v) else v  # no "-0.0"
+        text = fmt_value(v, metric=metric, unit=unit)
+        return "+" + text if finite(v) and v > 0 else text.replace("-", "−")
+
+    c = Cell(text=f(d.value), value=d.value, best=d.excludes_zero)
+    if finite(d.ci_low) and finite(d.ci_high):
+        c.ci = f"[{f(d.ci_low)}, {f(d.ci_high)}]"
+    c.tooltip = f"n = {d.n}" + ("; the interval excludes 0" if d.excludes_zero else "; the interval contains 0")
+    return c
+
+
+def _best_of(records: Sequence[Record], methods: Sequence[str], metric: str, region: str, split: str) -> str | None:
+    vals = {r.method: r for r in records if r.metric == metric and r.region == region and r.cell_type == "all"
+            and r.split == split and r.method in methods and not r.reference}
+    best = best_methods({m: r.value for m, r in vals.items()}, _direction(vals.values()))
+    return next((m for m in methods if m in best), None)
+
+
+def paired_difference_table(records: Sequence[Record], methods: Sequence[str], *, split: str = "test") -> Table:
+    """Every method against the best method of each column: the difference, its interval, whether it excludes 0.
+
+    Columns are the per-image metrics with ``paired_diff`` records (:data:`DIFF_COLUMNS` order); the
+    best method of a column is the one with the best overall value of that metric (the record's
+    direction; the first in ``methods`` on a tie) and shows ``best``; every other cell shows
+    ``method - best`` in the metric's unit (percentage points for percent metrics) with its 95 %
+    paired bootstrap interval, marked ● when the interval excludes 0.
+    """
+    refs = reference_methods(records)
+    ranked = [m for m in methods if m not in refs]
+    diffs = paired_differences(records, ranked, split=split)
+    present = {(k[2], k[3]) for k in diffs}
+    keys = [k for k in DIFF_COLUMNS if k in present] + sorted(present - set(DIFF_COLUMNS))
+    columns, bests = [], []
+    for metric, region in keys:
+        best = _best_of(records, ranked, metric, region, split)
+        if best is None:
+            continue
+        unit = next((d.unit for k, d in diffs.items() if (k[2], k[3]) == (metric, region)), "")
+        hib = _direction([r for r in records if r.metric == metric and r.method in ranked])
+        columns.append(Column(metric, region, unit=unit, higher_is_better=hib, title=label(metric)))
+        bests.append(best)
+    if not columns:
+        return Table([], [])
+    rows = []
+    for m in ranked:
+        cells = []
+        for col, best in zip(columns, bests, strict=True):
+            d = diffs.get((m, best, col.metric, col.region))
+            if m == best:
+                cells.append(Cell(text="best", tooltip="the best method of this column"))
+            elif d is None:
+                cells.append(Cell())
+            else:
+                cells.append(_diff_cell(d, col.metric))
+        if any(c.text != "—" for c in cells):
+            rows.append(Row(m, cells))
+    n = max((d.n for d in diffs.values()), default=0)
+    resamples = next((r.extra.get("resamples") for r in records if r.metric == "paired_diff"
+                      and isinstance(r.extra, dict)), None)
+    return Table(columns, rows, name="paired-diff", mark="●", mark_label="the interval excludes 0", caption=(
+        "Difference of each method from the best method of the column (method − best, in the metric's unit; "
+        "percentage points for percent metrics) with a 95 % paired bootstrap interval "
+        f"({resamples or 'B'} resamples of the {n or 'N'} test images, the same images for both methods). "
+        "● the interval excludes 0: the difference is significant at the 5 % level (no multiple-comparison "
+        "correction). The arrow gives the metric's direction."))
+
+
+def paired_difference_pairs(records: Sequence[Record], methods: Sequence[str], *, split: str = "test") -> Table:
+    """Every unordered pair ``A − B`` of ``methods`` (in the order given) against the per-image metrics,
+    with the bootstrap intervals (● excludes 0) and the McNemar p-value on agreement."""
+    from itertools import combinations
+
+    diffs = paired_differences(records, methods, split=split)
+    present = {(k[2], k[3]) for k in diffs}
+    keys = [k for k in DIFF_COLUMNS if k in present]
+    mc = mcnemar_matrix(records, methods)
+    p_values: dict[tuple[str, str], Cell] = {}
+    for row in mc.rows:
+        for col, cell in zip(mc.columns, row.cells, strict=True):
+            p_values[(row.method, col.title)] = cell
+    columns = [Column(m, reg, unit=next((d.unit for k, d in diffs.items() if (k[2], k[3]) == (m, reg)), ""),
+                      higher_is_better=_direction([r for r in records if r.metric == m]), title=label(m))
+               for m, reg in keys]
+    if p_values:
+        columns.append(Column("mcnemar_p", title=label("mcnemar_p")))
+    rows = []
+    for a, b in combinations(methods, 2):
+        cells = [(_diff_cell(d, m) if (d := diffs.get((a, b, m, reg))) else Cell()) for m, reg in keys]
+        if p_values:
+            p = p_values.get((a, b))
+            cells.append(Cell(text=p.text, value=p.value) if p else Cell())
+        if any(c.text != "—" for c in cells):
+            rows.append(Row(f"{a} − {b}", cells))
+    return Table(columns, rows, row_header="Pair", name="paired-pairs", mark="●", mark_label="the interval excludes 0",
+                 caption=(
+        "A − B per pair: difference of the means with a 95 % paired bootstrap interval (● excludes 0); "
+        "McNemar p on same-class agreement."))

@@ -5,9 +5,15 @@ Item ``i`` of a dataset depends only on ``(seed, i)``: its class is ``classes[i 
 random numbers come from ``numpy.random.SeedSequence(seed, spawn_key=(i,))``. So any chunking,
 worker count or start offset gives identical bytes.
 
-Within a pair, the scene is shared; Y is rendered as is (the mask belongs to Y), X and the optional
-second Y rendering (``y2``) get independent noise and an independent rigid misregistration (shift of
-at most ``max_shift_px``, rotation of at most ``max_rotation_deg`` about the centre).
+Items lie on slides: item ``i`` on slide ``i // ITEMS_PER_SLIDE`` (:func:`slide_of`), whose
+staining, smear thickness and focus offset (:class:`cellbench.sim.scene.Slide`) come from
+``SeedSequence(seed, spawn_key=(_SLIDE_KEY, slide))``; so a data set spans several slides and its
+train/val/test ranges mostly lie on different slides, as real data sets do.
+
+Within a pair, the scene is shared (one slide's stain for X and Y: the same physical cell); Y is
+rendered as is (the mask belongs to Y), X and the optional second Y rendering (``y2``) get
+independent noise and an independent rigid misregistration (shift of at most ``max_shift_px``,
+rotation of at most ``max_rotation_deg`` about the centre).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ..data.sets import PairedSet
 from ..data.splits import stratified_split, write_splits
 from ..errors import ConfigError
 from ..io import write_image, write_mask
-from .scene import make_scene
+from .scene import ITEMS_PER_SLIDE, Slide, make_scene
 from .system import System, Warp, load_system, render
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,25 @@ def item_id(seed: int, index: int) -> str:
     return f"s{seed}_{index:07d}"
 
 
+#: Spawn-key tag of the slides' random streams (items use ``(index,)``, slides ``(_SLIDE_KEY, slide)``).
+_SLIDE_KEY = 0x5EED511DE
+
+
+def slide_of(index: int) -> int:
+    """The slide item ``index`` lies on: ``index // ITEMS_PER_SLIDE`` (consecutive items share a slide)."""
+    return int(index) // ITEMS_PER_SLIDE
+
+
+def slide_for(seed: int, index: int) -> Slide:
+    """The :class:`~cellbench.sim.scene.Slide` (stain, thickness, focus) of item ``index``.
+
+    A pure function of ``(seed, slide_of(index))``: every item of a slide, and both images of a
+    pair (the same physical cell), share its staining.
+    """
+    ss = np.random.SeedSequence(int(seed), spawn_key=(_SLIDE_KEY, slide_of(index)))
+    return Slide.draw(np.random.default_rng(ss))
+
+
 def simulate_pair(
     index: int,
     *,
@@ -80,7 +105,7 @@ def simulate_pair(
     cls = cls_list[index % len(cls_list)]
     ss = np.random.SeedSequence(int(seed), spawn_key=(int(index),))
     r_scene, r_x, r_y, r_y2, r_wx, r_wy2 = (np.random.default_rng(s) for s in ss.spawn(6))
-    scene = make_scene(cls, r_scene, size)
+    scene = make_scene(cls, r_scene, size, slide=slide_for(seed, index))
     y = render(sy, scene.parts, scene.depths_um, rng=r_y)
     x = render(
         sx, scene.parts, scene.depths_um, rng=r_x, warp=Warp.random(r_wx, max_shift_px, max_rotation_deg)

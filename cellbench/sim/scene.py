@@ -13,16 +13,17 @@ different contrast (see :func:`cellbench.sim.system.render`).
 
 The ground-truth mask (labels of :mod:`cellbench.data.masks`) comes from the same geometry.
 
-Morphology per class (sizes in px at 0.1 um/px; distributions documented in ``_CLASS``):
-neutrophil (2-5 lobes joined by thin strands, or a band form; pale lilac cytoplasm with fine
-granules), eosinophil (usually bilobed; cytoplasm packed with large orange-red eosin granules),
-basophil (dark purple-black granules over nucleus and cytoplasm), lymphocyte (round dense nucleus,
-thin rim of sky-blue cytoplasm; small and large forms), monocyte (large, folded/kidney nucleus with
-lacy chromatin, grey-blue cytoplasm, vacuoles), immature granulocyte (eccentric round-to-kidney
-nucleus with finer chromatin, bluish-pink cytoplasm, azurophilic granules), erythroblast (round
-very dense nucleus, basophilic to pink cytoplasm), platelet (a small granular fragment at the
-centre; no white cell). Background: overlapping biconcave red cells with central pallor,
-scattered platelets, plasma.
+Morphology is drawn from distributions **measured on real images**
+(:mod:`cellbench.sim.morphology`; the packaged ``params/morphology-pbc-v1.json`` was measured on the
+PBC DM96 train split): cell area, nucleus/cell ratio and offset, lobe count (separate lobes joined by
+strands, touching lobes, or band forms), eccentricity and indentation (kidney / folded nuclei),
+chromatin texture amplitude, per-cell cytoplasm amount, vacuoles, red-cell size and packing, field
+platelets and, in the platelet class, the central platelet's size and single/clumped form. Each
+quantity is drawn through its measured quantiles (:func:`_quantile_sample`), so intra-class spread
+and inter-class overlap are the measured ones. Region colours (``STAINS``, ``_CLASS``) are the
+colour calibration against PBC (docs/simulator.md). Lab variation: every scene lies on a
+:class:`Slide` (staining concentrations, time and buffer pH, smear thickness, focus), shared by
+all items of that slide and by both images of a pair (:mod:`cellbench.sim.pairs`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ _CLASS: dict[str, dict] = {
         gran_r=1.3,
         gran_cover=0.35,
         chrom=(0.35, 0.5),
+        chrom_gain=(0.94, 1.04),
     ),
     "eosinophil": dict(
         radius=(66, 4),
@@ -80,42 +82,51 @@ _CLASS: dict[str, dict] = {
         cyt=_c(eo=0.072, mb=0.182, azb=0.231, aze=0.137, hb=0.252),
         nuc=_c(eo=0.369, mb=0.211, azb=0.377, aze=0.929, hb=0.384),
         gran=_c(eo=0.75, azb=0.02, aze=0.10, mb=0.01),
-        gran_r=3.6,
-        gran_cover=0.75,
+        gran_r=2.4,
+        gran_cover=1.1,
         chrom=(0.35, 0.5),
+        chrom_gain=(1.68, 1.24),
     ),
     "basophil": dict(
         radius=(58, 4),
         nucleus="bilobed",
         nuc_size=0.30,
         cyt=_c(eo=0.206, aze=0.053, hb=0.160),
-        nuc=_c(eo=0.565, aze=0.656, hb=0.884),
-        gran=_c(eo=0.03, mb=0.35, azb=0.75, aze=1.05),
-        gran_r=4.0,
+        nuc=_c(eo=0.233, mb=0.129, azb=0.241, aze=0.680, hb=0.308),
+        gran=_c(eo=0.04, mb=0.16, azb=0.36, aze=0.88),
+        gran_r=2.6,
         gran_cover=0.55,
         chrom=(0.3, 0.4),
         gran_over_nucleus=True,
+        # closure (benchmarks/sim_realism.py): the measured dense region of a basophil is nucleus
+        # plus the granules over it, and its hull takes in granules beyond the rim
+        nuc_of_dense=0.7,
+        area_gain=0.8,
+        chrom_gain=(0.67, 0.6),
     ),
     "lymphocyte": dict(
         radius=(46, 6),
         nucleus="round",
         nuc_size=0.80,
-        cyt=_c(eo=0.273, mb=0.331, azb=0.304, aze=0.433, hb=0.199),
+        cyt=_c(eo=0.341, mb=0.414, azb=0.380, aze=0.541, hb=0.249),
         nuc=_c(eo=0.389, mb=0.215, azb=0.401, aze=1.133, hb=0.513),
         gran=None,
         chrom=(0.3, 0.7),
+        area_gain=0.8,
+        chrom_gain=(0.71, 0.81),
     ),
     "monocyte": dict(
         radius=(80, 6),
         nucleus="kidney",
         nuc_size=0.55,
-        cyt=_c(eo=0.213, mb=0.209, azb=0.228, aze=0.345, hb=0.156),
+        cyt=_c(eo=0.245, mb=0.240, azb=0.262, aze=0.397, hb=0.179),
         nuc=_c(eo=0.400, mb=0.157, azb=0.300, aze=0.898, hb=0.330),
         gran=_c(azb=0.04, aze=0.10),
         gran_r=1.2,
         gran_cover=0.15,
         chrom=(0.5, 0.3),
         vacuoles=(1, 6),
+        chrom_gain=(1.57, 1.15),
     ),
     "ig": dict(
         radius=(70, 6),
@@ -127,13 +138,16 @@ _CLASS: dict[str, dict] = {
         gran_r=1.8,
         gran_cover=0.30,
         chrom=(0.25, 0.3),
+        chrom_gain=(1.48, 1.12),
     ),
     "erythroblast": dict(
         radius=(48, 6),
         nucleus="round",
         nuc_size=0.55,
-        cyt=_c(eo=0.138, mb=0.214, azb=0.172, aze=0.063, hb=0.249),
-        nuc=_c(eo=0.289, mb=0.246, azb=0.441, aze=1.210, hb=0.606),
+        cyt=_c(eo=0.276, mb=0.470, azb=0.378, aze=0.126, hb=0.25),
+        nuc_of_dense=0.8,
+        chrom_gain=(0.79, 0.97),
+        nuc=_c(eo=0.309, mb=0.263, azb=0.472, aze=1.295, hb=0.648),
         gran=None,
         chrom=(0.3, 0.8),
     ),
@@ -257,111 +271,262 @@ def _granules(rng, size, region, radius, cover):
     return np.minimum(g, 1.6)
 
 
-def _red_cells(rng, size, layer0, mask, keep_out: tuple[float, float, float] | None, density: float = 1.0):
-    """Biconcave red cells with central pallor: thickness 1 at the rim, ~0.45 in the centre."""
-    ext = size + 80
-    n = rng.poisson(10.5 * density * (ext / 336.0) ** 2)
+# -- measured morphology -----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _default_morphology() -> dict:
+    from .morphology import load_morphology
+
+    return load_morphology()
+
+
+def _quantile_sample(stats: dict | None, rng: np.random.Generator, default: float, lo: float = -np.inf,
+                     hi: float = np.inf) -> float:
+    """Draw from a measured distribution: piecewise-linear inverse CDF through its quantiles.
+
+    ``stats`` holds ``q05 q25 q50 q75 q95`` (:func:`cellbench.sim.morphology.summarize`); the tails
+    beyond q05 / q95 extend linearly by a quarter of the neighbouring inter-quantile step. Clipped to
+    ``[lo, hi]``; ``default`` when the statistic was not measured.
+    """
+    u = rng.uniform()
+    if not stats or "q50" not in stats:
+        return float(np.clip(default, lo, hi))
+    q = [stats["q05"], stats["q25"], stats["q50"], stats["q75"], stats["q95"]]
+    qs = [q[0] - 0.25 * (q[1] - q[0])] + q + [q[4] + 0.25 * (q[4] - q[3])]
+    v = float(np.interp(u, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0], qs))
+    return float(np.clip(v, lo, hi))
+
+
+def _mean(stats: dict | None, default: float) -> float:
+    return float(stats["mean"]) if stats and "mean" in stats else default
+
+
+# -- lab variation -----------------------------------------------------------------------------
+
+#: Items per slide: item ``i`` of a data set lies on slide ``i // ITEMS_PER_SLIDE`` (pairs.py).
+ITEMS_PER_SLIDE = 40
+
+
+@dataclass(frozen=True)
+class Slide:
+    """One stained smear: stain multipliers per absorber, smear thickness, focus offset.
+
+    ``stain`` ``(5,)`` multiplies the absorber amounts of every stained structure (order
+    :data:`cellbench.sim.spectra.ABSORBERS`; haemoglobin is not a stain, its entry scales red-cell
+    haemoglobin content). ``thickness`` scales red-cell packing (thin edge < 1 < thick body);
+    ``focus_um`` shifts every layer's depth (the slide's tilt / autofocus residual).
+    """
+
+    stain: np.ndarray
+    thickness: float = 1.0
+    focus_um: float = 0.0
+
+    @staticmethod
+    def draw(rng: np.random.Generator) -> Slide:
+        """A random slide (the model of docs/simulator.md, 'Lab variation').
+
+        Staining: azure (methylene blue / azure B) and eosin concentrations vary log-normally
+        (sigma :data:`STAIN_VARIATION` each), staining time scales both (sigma 0.06), and the buffer
+        pH shifts the azure/eosin balance (log ratio, sigma 0.07: higher pH, bluer). The azure-eosin
+        complex follows the geometric mean of the two. Haemoglobin varies per slide (sigma 0.04).
+        """
+        c_az, c_eo, t, hb = rng.normal(0, [STAIN_VARIATION, STAIN_VARIATION, 0.06, 0.04])
+        ph = rng.normal(0, 0.07)
+        az, eo = t + c_az + ph / 2, t + c_eo - ph / 2
+        stain = np.exp([eo, az, az, 0.5 * (az + eo), hb]).astype(np.float32)
+        thickness = float(np.exp(rng.normal(0, 0.15)))
+        return Slide(stain, thickness, float(rng.normal(0, 0.05)))
+
+
+# -- red cells, platelets ----------------------------------------------------------------------
+
+
+def _red_cells(rng, size, layer0, mask, keep_out, *, cover: float, diameter: float, pallor_depth: float,
+               hb: float = 1.0):
+    """Biconcave red cells with central pallor, packed until they cover the measured fraction.
+
+    Cells are dropped at random positions (a red cell rarely lies more than a little over another
+    in a smear's monolayer: a new cell whose centre is closer than ``0.7 (r_i + r_j)`` to another's is
+    rejected) until the disc cover of the field outside the white cell reaches ``cover`` (the
+    measured packing) or no place is left.
+    """
+    ext = 40
+    r0 = diameter / 2
     thick = np.zeros((size, size), np.float32)
-    for _ in range(n):
-        cy, cx = rng.uniform(-40, size + 40, 2)
-        r = max(25.0, rng.normal(37.0, 2.5))
-        if keep_out is not None and math.hypot(cy - keep_out[0], cx - keep_out[1]) < keep_out[2] + 0.8 * r:
+    step = 8
+    gy, gx = np.mgrid[step // 2 : size : step, step // 2 : size : step].astype(np.float32)
+    covered = np.zeros(gy.shape, bool)
+    free = np.ones(gy.shape, bool)
+    if keep_out is not None:
+        free = np.hypot(gy - keep_out[0], gx - keep_out[1]) > keep_out[2]
+    n_free = max(int(free.sum()), 1)
+    centres: list[tuple[float, float, float]] = []
+    tries = 0
+    while (covered & free).sum() < cover * n_free and tries < 400:
+        tries += 1
+        cy, cx = rng.uniform(-ext, size + ext, 2)
+        r = max(0.6 * r0, rng.normal(r0, 0.07 * r0))
+        if keep_out is not None and math.hypot(cy - keep_out[0], cx - keep_out[1]) < keep_out[2] + 0.5 * r:
             continue
+        if any(math.hypot(cy - y, cx - x) < 0.7 * (r + q) for y, x, q in centres):
+            continue
+        centres.append((cy, cx, r))
+        covered |= np.hypot(gy - cy, gx - cx) < r
         b = _blob(
             size, cy, cx, r, rng, wobble=0.02, aspect=rng.uniform(1.0, 1.12), angle=rng.uniform(0, math.pi)
         )
         if b is None:
             continue
         sl, a, rho = b
-        pallor = rng.uniform(0.45, 0.65)
+        pallor = float(np.clip(rng.normal(pallor_depth, 0.08), 0.1, 0.85))
         prof = (1 - pallor * np.exp(-((rho / 0.42) ** 2))) * (1 - 0.25 * rho**8)
         thick[sl] += a * prof * rng.uniform(0.9, 1.1)
-    layer0 += thick[None] * STAINS["red_cell"][:, None, None]
+    layer0 += thick[None] * (STAINS["red_cell"] * np.array([1, 1, 1, 1, hb], np.float32))[:, None, None]
     mask[thick > 0.3] = M.RED_CELL
 
 
-def _platelet(rng, size, cy, cx, r, layer0, mask):
+def _platelet(rng, size, cy, cx, r, layer0, mask, solid: float = 0.0, amount: float = 1.0):
+    """A platelet: pale hyalomere disc with a granular centre (``solid`` in [0, 1] spreads the
+    granulomere towards the rim, as in large and giant platelets)."""
     b = _blob(size, cy, cx, r, rng, wobble=0.12, aspect=rng.uniform(1.0, 1.3), angle=rng.uniform(0, math.pi))
     if b is None:
         return
     sl, a, _ = b
     shp = a.shape
     tex = ndimage.gaussian_filter(rng.standard_normal(shp, dtype=np.float32), 1.5, mode="wrap")
-    tex = np.clip(0.55 + 0.9 * tex / max(float(tex.std()), 1e-6), 0, 2)
+    tex = np.clip(0.75 + 0.5 * tex / max(float(tex.std()), 1e-6), 0, 2)
     layer0[:, sl[0], sl[1]] += a * (
         STAINS["platelet_hyalomere"][:, None, None]
-        + tex * STAINS["platelet"][:, None, None] * np.clip(1.2 - 0.6 * (b[2]), 0, 1)
-    )
+        + tex * STAINS["platelet"][:, None, None] * np.clip(1.2 - (0.6 - 0.4 * solid) * b[2], 0, 1)
+    ) * amount
     mask[sl][a > 0.5] = M.PLATELET
 
 
-def _nucleus(rng, size, kind, cy, cx, rc, nuc_size):
-    """Nucleus coverage ``(H, W)`` for a cell of radius ``rc`` centred at (cy, cx)."""
+# -- nuclei ------------------------------------------------------------------------------------
+
+
+def _ellipse_r(area: float, aspect: float) -> float:
+    """Semi-major radius (the ``r`` of :func:`_blob`) of an ellipse of ``area`` and ``aspect`` (major/minor)."""
+    return math.sqrt(max(area, 1.0) * aspect / math.pi)
+
+
+def _aspect(ecc: float) -> float:
+    return 1.0 / math.sqrt(max(1e-3, 1.0 - min(ecc, 0.97) ** 2))
+
+
+def _lobed(rng, size, nucl, cy, cx, rc, area, nl, ecc, *, touching: bool = False):
+    """``nl`` lobes on an arc inside the cell, joined by thin chromatin strands.
+
+    Lobes are elongated radially; neighbours are placed at least their summed minor radii apart
+    (so that they show as separate lobes) unless ``touching`` (a segmented nucleus whose lobes
+    overlap in the image).
+    """
+    span = rng.uniform(0.8, 1.3) * math.pi * (0.75 if nl == 2 else 1.0)
+    asp = min(_aspect(ecc), 1.8)
+    lobe_area = area / nl
+    minor = _ellipse_r(lobe_area, asp) / asp
+    step = span / max(nl - 1, 1)
+    need = (1.6 if touching else 2.3) * minor / (2 * math.sin(min(step, math.pi) / 2))
+    arc_r = min(max(rc * rng.uniform(0.35, 0.5), need), max(0.2 * rc, 0.95 * rc - minor * asp))
+    start = rng.uniform(0, 2 * math.pi)
+    pts = []
+    for j in range(nl):
+        t = start + step * j
+        p = (cy + arc_r * math.sin(t) + rng.normal(0, 2), cx + arc_r * math.cos(t) + rng.normal(0, 2))
+        pts.append(p)
+        lr = _ellipse_r(lobe_area * rng.uniform(0.8, 1.2), asp)
+        _paint_max(nucl, _blob(size, p[0], p[1], lr, rng, 0.06, asp, t + rng.normal(0, 0.3)))
+    for p, q in zip(pts[:-1], pts[1:], strict=False):
+        _paint_max(nucl, _capsule(size, p, q, rng.uniform(2.0, 5.0)))
+
+
+def _band(rng, size, nucl, cy, cx, rc, area, width):
+    """A curved band (C/S shape) of the given width and area."""
+    wid = float(np.clip(width * rng.uniform(0.8, 1.05), 10, 0.6 * rc))
+    arc_r = min(rc * rng.uniform(0.5, 0.62), 0.95 * rc - wid / 2)
+    span = area / (wid * arc_r)
+    if span > 1.3 * math.pi:  # a longer band would close into a ring: thicken it instead
+        wid *= span / (1.3 * math.pi)
+        span = 1.3 * math.pi
+    span = max(span, 0.6 * math.pi)
+    start = rng.uniform(0, 2 * math.pi)
+    k = 16
+    for j in range(k):
+        t = start + span * j / (k - 1)
+        w = wid / 2 * (1.0 - 0.25 * abs(2 * j / (k - 1) - 1) ** 3)
+        _paint_max(nucl, _blob(size, cy + arc_r * math.sin(t), cx + arc_r * math.cos(t), w, rng, 0.03))
+
+
+#: Solidity the measurement gives an undented simulated nucleus (wobbly ellipse, segmentation
+#: noise): only the measured shortfall below it is cut out as an indentation.
+_SOLID_SOLIDITY = 0.95
+
+
+def _solid(rng, size, nucl, ny, nx, area, ecc, solidity, t):
+    """An ellipse of ``area`` and eccentricity, indented (kidney / folded) down to ``solidity``."""
+    asp = _aspect(ecc)
+    rn = _ellipse_r(area / max(solidity, 0.5), asp)
+    ang = rng.uniform(0, math.pi)
+    b = _blob(size, ny, nx, rn, rng, 0.05, asp, ang)
+    _paint_max(nucl, b)
+    dent_frac = _SOLID_SOLIDITY - solidity
+    if dent_frac > 0.04:
+        # a disc cut from the rim removes about dent_frac of the area
+        rd = rn / math.sqrt(asp) * math.sqrt(dent_frac * 1.5)
+        side = ang + math.pi / 2 + (math.pi if rng.uniform() < 0.5 else 0.0)  # the hilum: a long side
+        d = 1.05 * rn / asp
+        dent = _blob(size, ny + d * math.sin(side), nx + d * math.cos(side), rd, rng, 0.05)
+        if dent is not None:
+            nucl[dent[0]] *= 1 - dent[1]
+
+
+def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area):
+    """Nucleus coverage ``(H, W)`` drawn from the class's measured shape distributions ``m``."""
     nucl = np.zeros((size, size), np.float32)
-    rn = rc * math.sqrt(nuc_size)
-    if kind == "lobed" and rng.uniform() < 0.2:
-        kind = "band"
-    if kind in ("lobed", "bilobed"):
-        nl = 2 if kind == "bilobed" else int(rng.choice([2, 3, 4, 5], p=[0.12, 0.38, 0.36, 0.14]))
-        arc_r = rc * rng.uniform(0.38, 0.5)
-        start = rng.uniform(0, 2 * math.pi)
-        span = rng.uniform(0.9, 1.5) * math.pi * (nl - 1) / max(nl - 1, 1) * (0.7 if nl == 2 else 1.0)
-        lobe_r = rc * (0.30 if nl == 2 else 0.26)
-        pts = []
-        for j in range(nl):
-            t = start + span * (j / max(nl - 1, 1))
-            p = (cy + arc_r * math.sin(t) + rng.normal(0, 2), cx + arc_r * math.cos(t) + rng.normal(0, 2))
-            pts.append(p)
-            _paint_max(
-                nucl,
-                _blob(size, p[0], p[1], lobe_r * rng.uniform(0.85, 1.1), rng, 0.06, rng.uniform(1.1, 1.5), t),
-            )
-        for p, q in zip(pts[:-1], pts[1:], strict=False):
-            _paint_max(nucl, _capsule(size, p, q, rng.uniform(2.0, 4.0)))
-    elif kind == "band":
-        arc_r = rc * rng.uniform(0.42, 0.52)
-        start, span = rng.uniform(0, 2 * math.pi), rng.uniform(0.9, 1.4) * math.pi
-        wid = rc * rng.uniform(0.17, 0.22)
-        for j in range(14):
-            t = start + span * j / 13
-            _paint_max(nucl, _blob(size, cy + arc_r * math.sin(t), cx + arc_r * math.cos(t), wid, rng, 0.03))
-    elif kind in ("kidney", "eccentric"):
-        off = rc * (0.12 if kind == "kidney" else rng.uniform(0.15, 0.3))
-        t = rng.uniform(0, 2 * math.pi)
-        ny, nx = cy + off * math.sin(t), cx + off * math.cos(t)
-        b = _blob(size, ny, nx, rn, rng, 0.06, rng.uniform(1.0, 1.25), rng.uniform(0, math.pi))
-        _paint_max(nucl, b)
-        if kind == "kidney" or rng.uniform() < 0.5:  # indentation (kidney / metamyelocyte)
-            dent = _blob(
-                size,
-                ny - rn * 0.95 * math.sin(t),
-                nx - rn * 0.95 * math.cos(t),
-                rn * rng.uniform(0.45, 0.65),
-                rng,
-                0.05,
-            )
-            if dent is not None:
-                nucl[dent[0]] *= 1 - dent[1]
-    else:  # round
-        off = rc * rng.uniform(0.0, 0.12)
-        t = rng.uniform(0, 2 * math.pi)
-        _paint_max(
-            nucl,
-            _blob(
-                size,
-                cy + off * math.sin(t),
-                cx + off * math.cos(t),
-                rn,
-                rng,
-                0.04,
-                rng.uniform(1.0, 1.1),
-                rng.uniform(0, math.pi),
-            ),
-        )
+    nc = _quantile_sample(m.get("nc_ratio"), rng, 0.5, 0.12, 0.92)
+    area = min(nc * NUC_AREA_GAIN, 0.92) * cell_area
+    hist = m.get("lobe_hist") or {"1": 1.0}
+    ks = np.array([int(k) for k in hist])
+    pk = np.array([float(v) for v in hist.values()])
+    nl = int(rng.choice(ks, p=pk / pk.sum()))
+    ecc = _quantile_sample(m.get("nuc_eccentricity"), rng, 0.5, 0.0, 0.95)
+    p1 = float(hist.get("1", 0.0))
+    band_p = float(m.get("band_fraction", 0.0)) / p1 if p1 > 0 else 0.0
+    off = _quantile_sample(m.get("nuc_offset"), rng, 0.1, 0.0, 0.6) * rc
+    t = rng.uniform(0, 2 * math.pi)
+    ny, nx = cy + off * math.sin(t), cx + off * math.cos(t)
+    if nl >= 2:
+        _lobed(rng, size, nucl, ny, nx, rc, area, nl, ecc)
+    elif rng.uniform() >= band_p and 1.0 - p1 > 0.1:
+        # a segmented class whose lobes touch in the image (measured as one lobe): 2-3 lobes close together
+        _lobed(rng, size, nucl, ny, nx, rc, area, int(rng.integers(2, 4)), ecc, touching=True)
+    elif rng.uniform() < band_p:
+        _band(rng, size, nucl, cy, cx, rc, area, _quantile_sample(m.get("nuc_width"), rng, 30.0, 8, 80))
+    else:
+        sol = _quantile_sample(m.get("nuc_solidity"), rng, 0.9, 0.72, 1.0)
+        # the nucleus must stay inside the cell
+        rmax = math.sqrt(area / math.pi)
+        if off + rmax > 0.97 * rc:
+            f = max(0.0, 0.97 * rc - rmax) / max(off, 1e-6)
+            ny, nx = cy + (ny - cy) * f, cx + (nx - cx) * f
+        _solid(rng, size, nucl, ny, nx, area, ecc, sol, t)
     return nucl
 
 
-def make_scene(cls: str, rng: np.random.Generator, size: int = 256) -> Scene:
+#: Drawn nucleus area per measured area (lobes overlap, indentations cut, anti-aliased edges):
+#: set so that measuring rendered scenes gives back the measured nucleus/cell ratio
+#: (benchmarks/sim_realism.py).
+NUC_AREA_GAIN = 1.15
+
+#: Calibration of texture amplitudes: scene noise amplitude per unit of measured image CV
+#: (rendering blurs and Beer-Lambert compresses); set by measuring rendered scenes with the same
+#: code (benchmarks/sim_realism.py), docs/simulator.md.
+CHROM_GAIN = (0.8, 0.9)
+
+
+def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Slide | None = None,
+               morphology: dict | None = None) -> Scene:
     """Draw one scene of class ``cls`` (a key of :data:`cellbench.data.classes.CLASSES`).
 
     Parameters
@@ -369,57 +534,88 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256) -> Scene:
     cls:
         PBC class; the white cell (or, for ``platelet``, a platelet) is near the centre.
     rng:
-        The only source of randomness.
+        The only source of randomness (of this image; the slide has its own).
     size:
         Square canvas in px at 0.1 um/px (256 by default).
+    slide:
+        The stained smear this field lies on (:class:`Slide`); drawn from ``rng`` when ``None``.
+    morphology:
+        Measured morphology (:func:`cellbench.sim.morphology.load_morphology`); the packaged
+        PBC measurements when ``None``.
     """
+    morph = morphology if morphology is not None else _default_morphology()
+    m = morph["classes"].get(cls, {})
+    if slide is None:
+        slide = Slide.draw(rng)
+    stain = slide.stain
+    depths = tuple(d + slide.focus_um + float(rng.normal(0, 0.06)) for d in LAYER_DEPTHS_UM)
     layer0 = np.zeros((5, size, size), np.float32)
     mask = np.zeros((size, size), np.uint8)
-    stain = np.exp(rng.normal(0, STAIN_VARIATION, 5)).astype(np.float32)  # slide-to-slide staining variation
     layer0 += STAINS["plasma"][:, None, None]
     c0 = size / 2
     cy, cx = c0 + rng.normal(0, 4), c0 + rng.normal(0, 4)
+    cover = _quantile_sample(m.get("rbc_cover"), rng, 0.45, 0.05, 0.9)
+    cover = 1 - (1 - cover) ** slide.thickness
+    rbc = dict(
+        cover=cover,
+        diameter=_mean(m.get("rbc_diameter"), 72.0),
+        pallor_depth=float(np.clip(1.0 - _mean(m.get("rbc_pallor"), 0.9), 0.1, 0.8)) * 4.0,
+        hb=float(stain[4]),
+    )
+    rbc["pallor_depth"] = float(np.clip(rbc["pallor_depth"], 0.2, 0.75))
+    n_plt = rng.poisson(max(0.0, _mean(m.get("platelets"), 1.0) - 1.0) * 0.4)
     if cls == "platelet":
-        _red_cells(rng, size, layer0, mask, (cy, cx, 14.0), density=1.3)
-        for _ in range(rng.poisson(0.6)):
-            _platelet(rng, size, *rng.uniform(0, size, 2), rng.uniform(7, 11), layer0, mask)
-        _platelet(rng, size, cy, cx, rng.uniform(10, 16), layer0, mask)
+        area = _quantile_sample(m.get("plt_area"), rng, 1500.0, 150.0, 6000.0)
+        _red_cells(rng, size, layer0, mask, (cy, cx, math.sqrt(area / math.pi)), **rbc)
+        for _ in range(n_plt):
+            _platelet(rng, size, *rng.uniform(0, size, 2), rng.uniform(6, 11), layer0, mask)
+        if rng.uniform() < float(m.get("clumped_fraction", 0.3)):  # a clump of several platelets
+            k = int(rng.integers(2, 6))
+            for _ in range(k):
+                r = _PLT_R_GAIN * math.sqrt(area / k / math.pi) * rng.uniform(0.8, 1.2)
+                d = math.sqrt(area / math.pi) * rng.uniform(0.0, 0.7)
+                a = rng.uniform(0, 2 * math.pi)
+                _platelet(rng, size, cy + d * math.sin(a), cx + d * math.cos(a), r, layer0, mask, 0.8, 0.8)
+        else:  # single (large areas: giant platelets)
+            _platelet(rng, size, cy, cx, _PLT_R_GAIN * math.sqrt(area / math.pi), layer0, mask, 0.8, 0.8)
         empty = (np.zeros(5, np.float32), np.zeros((size, size), np.float32))
-        return Scene([layer0 * stain[:, None, None], empty, empty], LAYER_DEPTHS_UM, mask, cls)
+        return Scene([layer0 * stain[:, None, None], empty, empty], depths, mask, cls)
     p = _CLASS[cls]
-    rc = max(30.0, rng.normal(*p["radius"]))
-    if cls == "lymphocyte" and rng.uniform() < 0.25:  # large lymphocyte
-        rc *= 1.25
-    _red_cells(rng, size, layer0, mask, (cy, cx, rc))
-    for _ in range(rng.poisson(0.5)):
-        _platelet(rng, size, *rng.uniform(0, size, 2), rng.uniform(7, 11), layer0, mask)
-    cell = _blob(size, cy, cx, rc, rng, 0.025, rng.uniform(1.0, 1.08), rng.uniform(0, math.pi))
+    cell_area = p.get("area_gain", 1.0) * _quantile_sample(
+        m.get("cell_area"), rng, math.pi * p["radius"][0] ** 2, 2500.0, 40000.0
+    )
+    asp_c = rng.uniform(1.0, 1.1)
+    rc = math.sqrt(cell_area * asp_c / math.pi)
+    _red_cells(rng, size, layer0, mask, (cy, cx, rc), **rbc)
+    for _ in range(n_plt):
+        _platelet(rng, size, *rng.uniform(0, size, 2), rng.uniform(6, 11), layer0, mask)
+    cell = _blob(size, cy, cx, rc, rng, 0.025, asp_c, rng.uniform(0, math.pi))
     cell_a = np.zeros((size, size), np.float32)
     sl, a, rho = cell
     cell_a[sl] = a
     dome = np.zeros((size, size), np.float32)
     dome[sl] = a * (1.0 - 0.35 * np.clip(rho, 0, 1) ** 2)
-    nuc_size = p["nuc_size"]
-    if cls == "lymphocyte":
-        nuc_size = nuc_size * (0.75 if rc > 50 else 1.0)
-    nucl = _nucleus(rng, size, p["nucleus"], cy, cx, rc, nuc_size) * cell_a
+    nucl = _nucleus(rng, size, m, cy, cx, rc, cell_area * p.get("nuc_of_dense", 1.0)) * cell_a
     fine = _smooth_noise(rng, size, 1.2)
     coarse = _smooth_noise(rng, size, 3.5)
-    cyt_amount = dome * (1 - 0.75 * nucl) * (1 + 0.12 * coarse)
-    for lo, hi in [p.get("vacuoles", (0, 0))]:
-        for _ in range(int(rng.integers(lo, hi + 1)) if hi else 0):
-            ang, dist = rng.uniform(0, 2 * math.pi), rc * rng.uniform(0.5, 0.85)
-            v = _blob(
-                size, cy + dist * math.sin(ang), cx + dist * math.cos(ang), rng.uniform(2.5, 6), rng, 0.05
-            )
-            if v is not None:
-                cyt_amount[v[0]] *= 1 - 0.85 * v[1]
+    # per-cell cytoplasm amount: the measured between-cell spread of cytoplasm density
+    cyt_s = m.get("cyt_od")
+    cyt_scale = float(np.exp(rng.normal(0, min(0.35, cyt_s["sd"] / max(cyt_s["mean"], 1e-3)) * 0.5))) if cyt_s else 1.0
+    cyt_amount = dome * (1 - 0.75 * nucl) * np.clip(1 + 0.4 * coarse + 0.3 * fine, 0.2, 2.0) * cyt_scale
+    n_vac = rng.poisson(max(0.0, _mean(m.get("vacuoles"), 0.0) - _VACUOLE_BASELINE))
+    for _ in range(n_vac):
+        ang, dist = rng.uniform(0, 2 * math.pi), rc * rng.uniform(0.5, 0.85)
+        v = _blob(size, cy + dist * math.sin(ang), cx + dist * math.cos(ang), rng.uniform(2.5, 6), rng, 0.05)
+        if v is not None:
+            cyt_amount[v[0]] *= 1 - 0.85 * v[1]
     # red cells under the white cell are hidden (it lies on top and displaces them)
     layer0 *= (1 - cell_a)[None]
     layer0 += cell_a[None] * STAINS["plasma"][:, None, None]
     layer0 += cyt_amount[None] * p["cyt"][:, None, None]
-    fine_c, clump = p["chrom"]
-    chrom = np.clip(1 + fine_c * fine + clump * 0.5 * coarse, 0.15, 2.5)
+    cg = p.get("chrom_gain", (1.0, 1.0))
+    fine_c = CHROM_GAIN[0] * cg[0] * _quantile_sample(m.get("chrom_fine"), rng, 0.15, 0.02, 0.5)
+    clump = CHROM_GAIN[1] * cg[1] * _quantile_sample(m.get("chrom_coarse"), rng, 0.14, 0.02, 0.5)
+    chrom = np.clip(1 + fine_c * fine + clump * coarse, 0.15, 2.5)
     part1 = (p["nuc"] * stain, (nucl * chrom).astype(np.float32))
     part2 = (np.zeros(5, np.float32), np.zeros((size, size), np.float32))
     mask[cell_a > 0.5] = M.CYTOPLASM
@@ -432,4 +628,12 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256) -> Scene:
             mask[(g > 0.5) & (cell_a > 0.5)] = M.GRANULES
         else:  # fine neutrophil/monocyte granules: label only the densest spots
             mask[(g > 0.8) & (cell_a > 0.5) & (nucl < 0.5)] = M.GRANULES
-    return Scene([layer0 * stain[:, None, None], part1, part2], LAYER_DEPTHS_UM, mask, cls)
+    return Scene([layer0 * stain[:, None, None], part1, part2], depths, mask, cls)
+
+
+#: Pale holes the measurement finds in any cytoplasm (granule gaps, segmentation noise): the
+#: smallest class mean of the packaged measurement; only the excess over it is drawn as vacuoles.
+_VACUOLE_BASELINE = 1.0
+#: Drawn platelet radius per measured radius: the measurement's platelet is its dense granulomere,
+#: the drawn disc includes the pale hyalomere rim (benchmarks/sim_realism.py).
+_PLT_R_GAIN = 1.0

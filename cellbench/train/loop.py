@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError, ConfigError
 from ..nets import UNetGenerator
 from ..nets.batchnorm import bn_gap, precise_bn, preserved_state, set_bn_momentum
+from ..threads import limit_threads, threads_for_crop
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from .data import BatchSource
@@ -56,6 +57,9 @@ class TrainConfig:
     the last iteration the generators' running statistics are replaced by population statistics
     of the final weights over this many training batches, composed as in training (precise BN,
     Wu & Johnson 2021, sec. 3.2; :func:`cellbench.nets.batchnorm.precise_bn`); 0: off.
+    ``threads``: torch intra-op CPU threads while training on the CPU (``None``: the thread policy,
+    :func:`cellbench.threads.threads_for_crop` of the training crop: 1 for the quick networks'
+    32x32 crops, every usable core from 128x128; see ``docs/speed.md``); restored afterwards.
     """
 
     iterations: int = 50_000
@@ -73,6 +77,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool | None = None
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1:
@@ -81,6 +86,8 @@ class TrainConfig:
             )
         if self.amp not in AMP_CHOICES:
             raise ConfigError(f"amp={self.amp!r}: choose one of {', '.join(AMP_CHOICES)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise ConfigError(f"threads={self.threads!r} must be an integer >= 1 (or unset: the thread policy)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay!r} must lie in (0, 1) (or be off)")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -333,8 +340,22 @@ class Trainer:
     def ckpt_dir(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
 
+    def cpu_threads(self, crop: int) -> int | None:
+        """Intra-op threads of a CPU training on ``crop`` x ``crop`` batches: ``config.threads``, else
+        the thread policy (:func:`cellbench.threads.threads_for_crop`); None on CUDA (left as it is)."""
+        if self.device.type != "cpu":
+            return None
+        return int(self.config.threads) if self.config.threads is not None else threads_for_crop(crop)
+
     def fit(self, source: BatchSource, *, resume: bool = False, stop_at: int | None = None) -> None:
-        """Train until ``config.iterations`` (or ``stop_at``, to simulate an interruption in tests)."""
+        """Train until ``config.iterations`` (or ``stop_at``, to simulate an interruption in tests).
+
+        On the CPU the loop runs with :meth:`cpu_threads` intra-op threads (restored afterwards).
+        """
+        with limit_threads(self.cpu_threads(int(getattr(source, "crop", 0) or 0))):
+            self._fit(source, resume=resume, stop_at=stop_at)
+
+    def _fit(self, source: BatchSource, *, resume: bool, stop_at: int | None) -> None:
         cfg = self.config
         if resume:
             self.load_latest(source)

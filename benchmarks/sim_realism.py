@@ -1,0 +1,73 @@
+"""Does the simulator reproduce the morphology it was given? Measure simulated Y images the same way.
+
+Renders ``--n`` dm96-like images per class (``simulate_pairs``, seed ``--seed``), measures them with
+:func:`cellbench.sim.morphology.measure_images` (the code that measured the real PBC images for the
+packaged parameters) and prints, per class and feature, the real mean (from the morphology file),
+the simulated mean and their difference in units of the real between-image standard deviation
+(``z``). The last line is the median ``|z|`` over all class-feature pairs.
+
+    .venv/bin/python benchmarks/sim_realism.py --n 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+from cellbench.data.classes import CLASSES
+from cellbench.sim import simulate_pairs
+from cellbench.sim.morphology import load_morphology, measure_images, summarize
+
+
+def compare(n: int, *, seed: int = 0, morphology: str | None = None, start: int = 0) -> dict:
+    real = load_morphology(morphology)["classes"]
+    data = simulate_pairs(n * len(CLASSES), size=256, seed=seed, start=start)
+    y = (data.y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    labels = np.array(data.labels)
+    sim = summarize(measure_images({c: y[labels == c] for c in CLASSES}))
+    out = {}
+    for cls in CLASSES:
+        rows = {}
+        for feat, r in real.get(cls, {}).items():
+            s = sim.get(cls, {}).get(feat)
+            if isinstance(r, dict) and "mean" in r and isinstance(s, dict) and "mean" in s:
+                z = (s["mean"] - r["mean"]) / max(r["sd"], 1e-9)
+                rows[feat] = {"real": r["mean"], "sim": s["mean"], "z": z}
+        rows["lobe_hist"] = {"real": real.get(cls, {}).get("lobe_hist"), "sim": sim.get(cls, {}).get("lobe_hist")}
+        out[cls] = rows
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=24, help="simulated images per class")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--morphology", default=None, help="morphology JSON (default: the packaged PBC file)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = compare(args.n, seed=args.seed, morphology=args.morphology)
+    zs = []
+    for cls, rows in res.items():
+        print(f"## {cls}")
+        for feat, r in rows.items():
+            if feat == "lobe_hist":
+                print(f"  lobes real {r['real']} sim {r['sim']}")
+                continue
+            zs.append(abs(r["z"]))
+            print(f"  {feat:18s} real {r['real']:10.3f} sim {r['sim']:10.3f} z {r['z']:+6.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    print(f"simulated vs real morphology ({args.n} images per class): median |z| {np.median(zs):.2f} "
+          f"over {len(zs)} class-feature pairs; |z| > 1 in {int((np.array(zs) > 1).sum())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Measured morphology (cellbench.sim.morphology) and scenes drawn from it (cellbench.sim.scene)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cellbench.data.classes import CLASSES
+from cellbench.errors import ConfigError
+from cellbench.io import write_image
+from cellbench.sim import load_system, make_scene, render
+from cellbench.sim.morphology import (
+    DEFAULT_MORPHOLOGY,
+    MORPHOLOGY_VERSION,
+    count_lobes,
+    load_morphology,
+    measure_folder,
+    save_morphology,
+)
+from cellbench.sim.pairs import ITEMS_PER_SLIDE, slide_for, slide_of
+from cellbench.sim.scene import Slide
+
+# -- lobe counting on masks with known lobes ----------------------------------------------------
+
+
+def _disc(mask, cy, cx, r):
+    yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+    mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def _strand(mask, p, q, width):
+    yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+    v = np.subtract(q, p, dtype=float)
+    t = np.clip(((yy - p[0]) * v[0] + (xx - p[1]) * v[1]) / (v @ v), 0, 1)
+    mask |= np.hypot(yy - p[0] - t * v[0], xx - p[1] - t * v[1]) <= width / 2
+
+
+@pytest.mark.parametrize("lobes", [1, 2, 3, 4])
+def test_count_lobes_on_masks_with_known_lobes(lobes):
+    m = np.zeros((160, 160), bool)
+    centres = [(80 + 45 * math.sin(a), 80 + 45 * math.cos(a)) for a in np.linspace(0, 1.4 * math.pi, lobes)]
+    for c in centres:
+        _disc(m, *c, 15)
+    for p, q in zip(centres[:-1], centres[1:], strict=False):
+        _strand(m, p, q, 4)
+    assert count_lobes(m) == lobes
+
+
+def test_a_band_nucleus_is_one_lobe():
+    m = np.zeros((160, 160), bool)
+    for a in np.linspace(0, 1.2 * math.pi, 40):  # a thick C
+        _disc(m, 80 + 45 * math.sin(a), 80 + 45 * math.cos(a), 12)
+    assert count_lobes(m) == 1
+    assert count_lobes(np.zeros((10, 10), bool)) == 0
+
+
+# -- measurement recovers known properties of rendered scenes -----------------------------------
+
+
+def _const(v: float) -> dict:
+    return {"n": 1, "mean": v, "sd": 0.0, **{f"q{p:02d}": v for p in (5, 25, 50, 75, 95)}}
+
+
+def _morph(cell_area: float, nc: float) -> dict:
+    c = {
+        "cell_area": _const(cell_area), "nc_ratio": _const(nc), "nuc_solidity": _const(0.97),
+        "nuc_eccentricity": _const(0.3), "nuc_offset": _const(0.0), "chrom_fine": _const(0.1),
+        "chrom_coarse": _const(0.1), "cyt_granularity": _const(0.2), "rbc_cover": _const(0.4),
+        "rbc_diameter": _const(72.0), "rbc_pallor": _const(0.9), "lobe_hist": {"1": 1.0},
+        "band_fraction": 0.0,
+    }
+    return {"version": MORPHOLOGY_VERSION, "classes": {"lymphocyte": c, "monocyte": dict(c)}}
+
+
+def test_measurement_recovers_cell_and_nucleus_area_of_rendered_scenes(tmp_path):
+    """Scenes rendered with a known cell area and nucleus/cell ratio (no spread) are measured back:
+    the cell area within 15 % and the ratio within 0.1 (the segmentation's anti-aliased edges and
+    the convex hull make up the tolerance)."""
+    system = load_system("dm96-like")
+    truth = {"lymphocyte": (9000.0, 0.7), "monocyte": (20000.0, 0.45)}
+    slide = Slide(np.ones(5, np.float32))
+    for cls, (area, nc) in truth.items():
+        morph = _morph(area, nc)
+        for i in range(4):
+            sc = make_scene(cls, np.random.default_rng(i), 256, slide=slide, morphology=morph)
+            img = render(system, sc.parts, sc.depths_um, rng=np.random.default_rng(i))
+            write_image(tmp_path / cls / f"{i}.png", img)
+    out = measure_folder(tmp_path)
+    assert out["version"] == MORPHOLOGY_VERSION and out["source"]["folder"] == tmp_path.name
+    assert str(tmp_path.parent) not in json.dumps(out)  # no absolute paths of the user's files
+    for cls, (area, nc) in truth.items():
+        c = out["classes"][cls]
+        assert c["n_found"] == 4
+        assert c["cell_area"]["mean"] == pytest.approx(area, rel=0.15), (cls, c["cell_area"])
+        assert c["nc_ratio"]["mean"] == pytest.approx(nc, abs=0.1), (cls, c["nc_ratio"])
+        assert c["lobe_hist"]["1"] == 1.0
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path):
+    m = _morph(9000.0, 0.7)
+    p = tmp_path / "m.json"
+    save_morphology(m, p)
+    assert load_morphology(p) == m
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{", "not valid JSON"),
+        ('{"version": 99, "classes": {}}', "'version' must be"),
+        ('{"version": 1}', "missing key 'classes'"),
+        ('{"version": 1, "classes": {"neutrophil": {}}}', "class 'neutrophil': missing or bad key 'cell_area'"),
+        ('{"version": 1, "classes": {"dragon": {}}}', "unknown class 'dragon'"),
+    ],
+)
+def test_bad_morphology_file_names_file_and_key(tmp_path, text, match):
+    p = tmp_path / "bad.json"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_morphology(p)
+    assert str(p) in str(e.value)
+
+
+def test_missing_morphology_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_morphology(tmp_path / "none.json")
+
+
+def test_packaged_morphology_has_all_classes():
+    m = load_morphology()
+    assert DEFAULT_MORPHOLOGY.name == "morphology-pbc-v1.json"
+    assert set(m["classes"]) == set(CLASSES)
+    assert m["source"]["folder"] == "pbc_dm96"
+    for cls, c in m["classes"].items():
+        if cls == "platelet":
+            assert c["plt_area"]["mean"] > 0
+            continue
+        # measured facts about blood cells the simulator relies on
+        assert 0.1 < c["nc_ratio"]["mean"] < 0.95, cls
+        assert 40 < c["rbc_diameter"]["mean"] < 110, cls  # ~7.5 um red cells at ~0.1 um/px
+    lym, mono = m["classes"]["lymphocyte"], m["classes"]["monocyte"]
+    assert lym["cell_area"]["mean"] < mono["cell_area"]["mean"]  # monocytes are the largest
+    assert lym["nc_ratio"]["mean"] > m["classes"]["neutrophil"]["nc_ratio"]["mean"]
+    # segmented classes show separate lobes more often than mononuclear ones
+    assert m["classes"]["neutrophil"]["lobe_hist"]["1"] < lym["lobe_hist"]["1"]
+
+
+# -- lab variation: slides -------------------------------------------------------------------------
+
+
+def test_items_share_their_slide_and_pairs_keep_one_stain():
+    assert slide_of(0) == slide_of(ITEMS_PER_SLIDE - 1) != slide_of(ITEMS_PER_SLIDE)
+    a, b = slide_for(0, 3), slide_for(0, 5)
+    np.testing.assert_array_equal(a.stain, b.stain)
+    c = slide_for(0, ITEMS_PER_SLIDE + 1)
+    assert not np.array_equal(a.stain, c.stain)
+    assert not np.array_equal(slide_for(1, 3).stain, a.stain)  # another data set seed, other slides
+
+
+def test_slide_ph_shifts_the_azure_eosin_balance():
+    """Over many slides the azure (blue) and eosin (red) multipliers are anti-correlated through
+    the buffer pH and positively through the staining time; both spread by a few per cent."""
+    s = np.array([Slide.draw(np.random.default_rng(i)).stain for i in range(400)])
+    log = np.log(s)
+    assert 0.05 < log[:, 0].std() < 0.2 and 0.05 < log[:, 1].std() < 0.2
+    np.testing.assert_allclose(log[:, 1], log[:, 2])  # methylene blue and azure B: one azure stain
+    th = np.array([Slide.draw(np.random.default_rng(i)).thickness for i in range(400)])
+    assert th.min() < 0.85 < 1.15 < th.max()  # thin edge and thick body fields
+
+
+@pytest.mark.parametrize("cls", ["lymphocyte", "neutrophil", "monocyte"])
+def test_scenes_draw_cell_area_and_lobes_from_the_packaged_measurements(cls):
+    """The white cell of a scene (mask labels 3-5) has the measured mean area to within 20 % over
+    24 scenes (the measured between-image sd is 20-30 % of the mean), with spread."""
+    from cellbench.data.masks import WBC_LABELS
+
+    m = load_morphology()["classes"][cls]
+    areas = []
+    for i in range(24):
+        sc = make_scene(cls, np.random.default_rng(100 + i), 256)
+        areas.append(np.isin(sc.mask, WBC_LABELS).sum())
+    assert np.mean(areas) == pytest.approx(m["cell_area"]["mean"], rel=0.2)
+    assert np.std(areas) > 0.05 * np.mean(areas)  # intra-class variation, as measured
