@@ -117,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", type=Path, required=True, help="parameter file to write")
     m.add_argument("--limit-per-class", type=int, default=None, help="at most this many images per class")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    m.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="measure only this split of the folder's seeded 80/10/10 split (the packaged file: train)")
     m.set_defaults(func=_measure)
 
 
@@ -277,7 +279,8 @@ def _measure(args) -> int:
     if args.limit_per_class is not None:
         checks.count(args.limit_per_class, "--limit-per-class")
     checks.output_file(args.out, "--out")
-    params = measure_folder(args.real, limit_per_class=args.limit_per_class, progress=not args.quiet)
+    split = None if args.split == "all" else args.split
+    params = measure_folder(args.real, limit_per_class=args.limit_per_class, progress=not args.quiet, split=split)
     save_morphology(params, args.out)
     print(f"wrote the morphology measured on {args.real} to {args.out}")
     return 0
