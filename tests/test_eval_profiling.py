@@ -147,10 +147,34 @@ def test_real_profile_carries_usable_cores_and_format_says_disturbed(monkeypatch
     from cellbench.eval import profiling
 
     monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    monkeypatch.setattr(profiling, "_cpu_busy_seconds", lambda: None)  # no /proc/stat: the load average decides
     p = profile_function(lambda x: x * 2, size=16, batch_sizes=(1,), warmup=1, repeats=3, max_seconds=10)
     assert p["usable_cores"] >= 1 and p["load_avg_1min"] == {"start": 99.0, "end": 99.0}
     assert any("load average 99.00" in r for r in profiling.disturbance(p))
     assert "DISTURBED" in profiling.format_profile(p)
+
+
+def test_disturbed_rule_prefers_the_measured_cpu_of_other_processes():
+    """Where the machine's busy CPU time is known, the CPU other processes used during the measurement
+    decides, not the lagging load average (docs/speed.md)."""
+    from cellbench.eval.profiling import OTHERS_MARGIN, disturbance
+
+    quiet_but_high_load = {**_synthetic_profile(load=(2.8, 2.8)), "others_cpu_cores": 0.1}
+    assert disturbance(quiet_but_high_load) == []
+    busy = {**_synthetic_profile(load=(0.1, 0.1)), "others_cpu_cores": OTHERS_MARGIN + 0.7}
+    assert disturbance(busy) == ["other processes used 1.20 CPU cores during the measurement (> 0.5)"]
+
+
+def test_real_profile_measures_other_processes_cpu():
+    """On Linux the profile reads /proc/stat: the other processes' CPU is a number >= 0 and at most the CPUs."""
+    import os
+
+    from cellbench.eval import profiling
+
+    if profiling._cpu_busy_seconds() is None:
+        pytest.skip("no /proc/stat on this system")
+    p = profile_function(lambda x: x * 2, size=16, batch_sizes=(1,), warmup=1, repeats=3, max_seconds=10)
+    assert p["others_cpu_cores"] is not None and 0.0 <= p["others_cpu_cores"] <= (os.cpu_count() or 1) + 0.5
 
 
 def test_speed_table_marks_disturbed_rows():

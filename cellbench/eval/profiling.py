@@ -28,9 +28,13 @@ load average before and after. :func:`disturbance` names why a measurement shoul
 trusted, and :func:`speed_conditions` is what every speed record carries in ``extra``. A
 measurement is **disturbed** when
 
-* the 1-minute load average before or after exceeds the machine's CPUs by more than
-  :data:`LOAD_MARGIN` (0.5): more threads wanted to run than there were CPUs, so the timed calls
-  waited (the load average counts the whole machine, so the comparison is with its CPUs);
+* other processes used more than :data:`OTHERS_MARGIN` (0.5) CPU cores on average during the
+  measurement: the machine's busy CPU time over the measurement window (``/proc/stat``) minus this
+  process's own CPU time, per wall second (``others_cpu_cores``). Where ``/proc/stat`` cannot be read,
+  the 1-minute load average before or after is used instead: disturbed when it exceeds the machine's
+  CPUs by more than :data:`LOAD_MARGIN` (0.5). (The load average lags by about a minute and counts
+  the measuring threads themselves, so right after ``run-all``'s parallel stages it reads high on a
+  quiet machine; the direct measurement does not.);
 * the spread p90/median of the series exceeds :data:`MAX_SPREAD` (1.5) over at least
   :data:`MIN_SPREAD_ROUNDS` (3) rounds: a tenth of the calls took 1.5x the median or longer, which a
   quiet machine does not do to a fixed computation;
@@ -59,10 +63,12 @@ from ..threads import usable_cores
 log = logging.getLogger(__name__)
 
 __all__ = ["profile_normalizer", "profile_function", "format_profile", "disturbance", "speed_conditions",
-           "LOAD_MARGIN", "MAX_SPREAD", "MIN_SPREAD_ROUNDS", "MIN_CPU_PER_WALL"]
+           "LOAD_MARGIN", "OTHERS_MARGIN", "MAX_SPREAD", "MIN_SPREAD_ROUNDS", "MIN_CPU_PER_WALL"]
 
 #: Disturbed: the 1-minute load average exceeded the machine's CPUs by more than this (module docstring).
 LOAD_MARGIN = 0.5
+#: CPU cores other processes may use on average during a measurement before it counts as disturbed.
+OTHERS_MARGIN = 0.5
 #: Disturbed: a timed series' p90/median exceeded this ...
 MAX_SPREAD = 1.5
 #: ... over at least this many rounds (fewer rounds say nothing about the spread).
@@ -202,6 +208,7 @@ def profile_function(
 
     peaks: dict[int, float] = {}
     load_start = _loadavg()
+    busy_start, own_start, wall_start = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
     with torch.inference_mode():
         for b in sizes:
             if b > 1 and time.perf_counter() >= deadline:
@@ -249,6 +256,10 @@ def profile_function(
     else:
         device_name = machine_info().get("processor") or "cpu"
     load_end = _loadavg()
+    busy_end, own_end, wall_end = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    others = None
+    if busy_start is not None and busy_end is not None and wall_end > wall_start:
+        others = max(0.0, (busy_end - busy_start) - (own_end - own_start)) / (wall_end - wall_start)
     peak_mb = max(peaks.values())
     lat = np.asarray(timings[1]) * 1000.0
     thr = {b: b / float(np.median(ts)) for b, ts in timings.items() if ts}
@@ -266,6 +277,7 @@ def profile_function(
         "cpu_per_wall": float(cpu_wall[0] / cpu_wall[1]) if cpu_wall[1] > 0 else float("nan"),
         "threads": int(torch.get_num_threads()),
         "load_avg_1min": {"start": load_start, "end": load_end},
+        "others_cpu_cores": None if others is None else round(float(others), 3),
         "cpu_count": int(os.cpu_count() or 1),
         "usable_cores": int(usable_cores()),
         "latency_ms_b1": float(np.median(lat)),
@@ -291,10 +303,15 @@ def disturbance(prof: dict[str, Any], *, batch_size: int = 1) -> list[str]:
     the module docstring. Reads only the profile, so tests inject timings and load values."""
     reasons = []
     cpus = int(prof.get("cpu_count") or 1)
-    load = prof.get("load_avg_1min") or {}
-    worst = max((v for v in (load.get("start"), load.get("end")) if v is not None), default=None)
-    if worst is not None and worst > cpus + LOAD_MARGIN:
-        reasons.append(f"load average {worst:.2f} above the machine's {cpus} CPU(s)")
+    others = prof.get("others_cpu_cores")
+    if others is not None:
+        if others > OTHERS_MARGIN:
+            reasons.append(f"other processes used {others:.2f} CPU cores during the measurement (> {OTHERS_MARGIN})")
+    else:
+        load = prof.get("load_avg_1min") or {}
+        worst = max((v for v in (load.get("start"), load.get("end")) if v is not None), default=None)
+        if worst is not None and worst > cpus + LOAD_MARGIN:
+            reasons.append(f"load average {worst:.2f} above the machine's {cpus} CPU(s)")
     row = (prof.get("latency_by_batch") or {}).get(int(batch_size)) or (
         prof.get("latency_by_batch") or {}).get(str(batch_size)) or {}
     rounds = int(row.get("rounds", prof.get("n_latency", 0) if batch_size == 1 else 0))
@@ -321,8 +338,25 @@ def speed_conditions(prof: dict[str, Any], *, batch_size: int = 1) -> dict[str, 
         "cpu_time_s": prof.get("cpu_time_s"), "wall_time_s": prof.get("wall_time_s"),
         "cpu_per_wall": prof.get("cpu_per_wall"), "threads": prof.get("threads"), "cpu_count": prof.get("cpu_count"),
         "usable_cores": prof.get("usable_cores"), "load_avg_1min": dict(prof.get("load_avg_1min") or {}),
+        "others_cpu_cores": prof.get("others_cpu_cores"),
         "disturbed": bool(reasons), "disturbed_reasons": reasons,
     }
+
+
+def _cpu_busy_seconds() -> float | None:
+    """The machine's busy CPU seconds since boot, summed over CPUs (``/proc/stat``: user + nice + system
+    + irq + softirq + steal; idle and iowait excluded), or None where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        if not fields or fields[0] != "cpu":
+            return None
+        v = [int(x) for x in fields[1:9]]
+        v += [0] * (8 - len(v))
+        busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+        return busy / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _loadavg() -> float | None:
