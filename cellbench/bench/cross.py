@@ -142,7 +142,7 @@ class CrossTrack:
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
-                 ) -> tuple[list[Record], np.ndarray]:
+                 proba: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
         from ..eval.evaluate import proportion_records, realism_records, unpaired_colour_records
 
         d, clf = self.data(), ctx.classifier()

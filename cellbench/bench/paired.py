@@ -188,13 +188,14 @@ class PairedTrack:
         return load_arrays(st, "per_image.npz")
 
     def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
-                 ) -> tuple[list[Record], np.ndarray]:
+                 proba: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
         from ..eval.evaluate import class_probabilities, paired_evaluation, realism_records
 
         test, clf, ref = self.split("test"), ctx.classifier(), ctx.reference_predictions()
         ev = paired_evaluation(method, outputs, test, run=ctx.run_name, classifier=clf, y_pred=ref["y"],
                                g_pred=pred, y_proba=self._reference_proba(ctx, "y"),
-                               g_proba=class_probabilities(clf, outputs), masks=self.test_masks(), seed=ctx.seed)
+                               g_proba=proba if proba is not None else class_probabilities(clf, outputs),
+                               masks=self.test_masks(), seed=ctx.seed)
         records = ev.records
         self._save_per_image(ctx, method, ev.per_image)
         if ctx.realism and len(test) < MIN_REALISM_IMAGES:

@@ -182,14 +182,18 @@ class Benchmark:
                           load_array(st, "pred.npy"), load_array(st, "success.npy"))
 
     def _evaluate_method(self, name: str) -> Evaluation:
-        from ..eval.evaluate import fit_records, passthrough_records
+        from ..eval.evaluate import class_probabilities, fit_records, passthrough_records
 
         norm = self.fits.fitted(name)
         x = self.track.test_inputs()
         log.info("stage eval-%s: transforming %d test images", name, len(x))
         outputs = self.transform_all(norm, x)
-        pred = self.classifier().predict(outputs).cpu().numpy()
-        records, success = self.track.evaluate(self, name, outputs, pred)
+        # one classifier pass: the class probabilities, and the predictions as their argmax (softmax keeps
+        # the order of the logits, so this equals classifier.predict)
+        clf = self.classifier()
+        proba = class_probabilities(clf, outputs)
+        pred = proba.argmax(1) if proba is not None else clf.predict(outputs).cpu().numpy()
+        records, success = self.track.evaluate(self, name, outputs, pred, proba=proba)
         fit = self.fits.fit_info(name) or {}
         records += fit_records(self.run_name, name, fit.get("seconds", float("nan")), n=int(fit.get("n", 0)))
         records += passthrough_records(self.run_name, name, norm.passthrough_count, n=len(x))

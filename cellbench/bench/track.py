@@ -103,8 +103,10 @@ class Track(Protocol):
         """True classes of ``reference_images()["y"]``."""
 
     def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
-                 ) -> tuple[list[Record], np.ndarray]:
-        """Records of one method's float outputs ``(N, 3, H, W)`` and its per-item success."""
+                 proba: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
+        """Records of one method's float outputs ``(N, 3, H, W)`` and its per-item success; ``pred`` the
+        classifier's predictions on them and ``proba`` its class probabilities (None: not available),
+        both from one classifier pass in the runner."""
 
     def reference_names(self) -> list[str]:
         """Reference rows evaluated without a method (the paired track's ``ceiling``)."""
