@@ -41,6 +41,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "write_image",
+    "write_planes",
     "write_mask",
     "image_size",
 ]
@@ -203,6 +204,22 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 95
     if p.suffix.lower() == ".png":
         kwargs = {"compress_level": compress_level}
     _atomic_save(Image.fromarray(a, "RGB"), p, **kwargs)
+
+
+def write_planes(path: str | os.PathLike, planes: np.ndarray, *, quality: int = 95, compress_level: int = 6) -> None:
+    """Write planar ``uint8`` RGB ``(3, H, W)`` atomically: the file :func:`write_image` writes for
+    ``planes.transpose(1, 2, 0)``, without interleaving the pixels in numpy first (PIL merges the
+    three planes, measured ~4x faster than a strided copy to ``(H, W, 3)``; what ``cellbench
+    transform`` writes from a normalizer's ``(N, 3, H, W)`` output)."""
+    a = np.asarray(planes)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[0] != 3:
+        raise ValueError(f"write_planes expects uint8 (3, H, W), got {a.dtype} {a.shape}")
+    p = Path(path)
+    kwargs: dict = {"quality": quality} if p.suffix.lower() in (".jpg", ".jpeg") else {}
+    if p.suffix.lower() == ".png":
+        kwargs = {"compress_level": compress_level}
+    img = Image.merge("RGB", [Image.fromarray(np.ascontiguousarray(a[c]), "L") for c in range(3)])
+    _atomic_save(img, p, **kwargs)
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:

@@ -196,6 +196,7 @@ def test_artifacts_survive_a_failed_rebuild(run_dir, monkeypatch):
     (["--set", "profile_repeats=0"], "profile_repeats=0"),
     (["--set", "speed_seconds=nan"], "speed_seconds=nan"),
     (["--set", "speed_batch_sizes=[]"], "speed_batch_sizes=[]"),
+    (["--set", 'speed_engines=["tensorrt"]'], "speed_engines='tensorrt'"),
     (["--set", "samples_per_class=-1"], "samples_per_class=-1"),
     (["--set", "cross_limit_per_class=-2"], "cross_limit_per_class=-2"),
     (["--set", "realsim=false"], "did you mean 'realism'"),

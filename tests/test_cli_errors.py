@@ -128,6 +128,8 @@ CASES: dict[str, Case] = {
                            r"--size=5", _real, ["rs"]),
     "transform --device bogus": Case(TRANSFORM + ["--device", "bogus"], r"--device 'bogus'", _model, ["out"]),
     "transform --batch-size 0": Case(TRANSFORM + ["--batch-size", "0"], r"--batch-size=0", _model, ["out"]),
+    "transform --png-level 12": Case(TRANSFORM + ["--png-level", "12"], r"--png-level=12", _model, ["out"]),
+    "transform --jpeg-quality 0": Case(TRANSFORM + ["--jpeg-quality", "0"], r"--jpeg-quality=0", _model, ["out"]),
     "transform output is a file": Case(["transform", "--model", "{tmp}/model", "{tmp}/in", "{tmp}/afile", "-q"],
                                        r"afile is an existing file", lambda t: (_model(t), _file("afile")(t))),
     "transform input is a file": Case(["transform", "--model", "{tmp}/model", "{tmp}/afile", "{tmp}/out", "-q"],

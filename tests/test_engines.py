@@ -88,3 +88,43 @@ def test_engine_errors():
     with pytest.raises(ConfigError, match="int8"):
         build_engine(UNetGenerator([4, 4]), "int8")
     assert set(ENGINES) >= {"eager", "folded", "channels_last", "onnxruntime", "compile", "bf16", "int8"}
+
+
+def test_choose_engine_picks_a_passing_engine_and_rejects_a_bad_one(images, monkeypatch):
+    """The speed stage's engine choice: every candidate is checked against eager's output; an engine
+    that changes the output beyond the bound is rejected whatever its speed."""
+    from cellbench.eval import profiling
+    from cellbench.nets import engines
+
+    norm = create_normalizer("ccgan", "quick", device="cpu")
+    norm.fitted = True
+    with torch.no_grad():
+        want = norm.transform(images)
+    real_build = engines.build_engine
+
+    def build(generator, name, **kw):  # "folded" made wrong (and instant): must be rejected
+        if name == "folded":
+            return lambda x: torch.zeros(x.shape[0], 3, *x.shape[-2:])
+        return real_build(generator, name, **kw)
+
+    monkeypatch.setattr(engines, "build_engine", build)
+    masks = torch.full((2, 64, 64), 4, dtype=torch.uint8)  # all nucleus: the WBC region is the image
+    best, rows = profiling.choose_engine(norm, images, candidates=["folded", "channels_last", "bf16"], masks=masks,
+                                         rounds=2)
+    by = {r["engine"]: r for r in rows}
+    assert set(by) == {"eager", "folded", "channels_last", "bf16"}
+    assert not by["folded"]["ok"] and "fp32 engine" in by["folded"]["reason"]
+    assert by["channels_last"]["ok"] and by["channels_last"]["max_abs_diff"] < 1e-3
+    assert by["eager"]["ok"] and by["eager"]["max_abs_diff"] == 0.0
+    assert by["bf16"]["ok"] == (by["bf16"]["ciede2000_mean"] <= profiling.ENGINE_MAX_DE)
+    assert best in {n for n, r in by.items() if r["ok"]} and best != "folded"
+    assert by[best]["latency_ms"] == min(r["latency_ms"] for r in rows if r["ok"])
+    # the chosen engine is switched on, and its output is the one checked
+    out = norm.transform(images)
+    assert (out - want).abs().max() <= max(by[best]["max_abs_diff"], 1e-6) + 1e-6
+
+
+def test_choose_engine_leaves_classical_methods_alone(images):
+    from cellbench.eval.profiling import choose_engine
+
+    assert choose_engine(create_normalizer("poly"), images, candidates=["bf16"]) == ("eager", [])

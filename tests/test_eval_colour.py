@@ -99,3 +99,20 @@ def test_w1_sample_cap():
     y, g, masks, labels = make(n=4)
     capped = colour_stats(t(g), t(y), masks, labels, samples_per_image=400, max_samples=100)
     assert max(s.n_samples for s in capped) == 100
+
+
+def test_uint8_images_give_the_metrics_of_their_float32_copies():
+    """Run-all may keep images 8-bit (4x smaller); the metrics convert chunk by chunk to the same values."""
+    import numpy as np
+
+    from cellbench.eval.image import image_metrics
+
+    g = torch.Generator().manual_seed(3)
+    a8 = torch.randint(0, 256, (5, 3, 24, 24), dtype=torch.uint8, generator=g)
+    b8 = torch.randint(0, 256, (5, 3, 24, 24), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, 6, (5, 24, 24), generator=g)
+    want = image_metrics(a8.float() / 255, b8.float() / 255, masks=masks, workers=1)
+    got = image_metrics(a8, b8, masks=masks, workers=1)
+    for region in want:
+        for k in want[region]:
+            np.testing.assert_array_equal(got[region][k], want[region][k], err_msg=f"{region}/{k}")

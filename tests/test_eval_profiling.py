@@ -173,8 +173,17 @@ def test_real_profile_measures_other_processes_cpu():
 
     if profiling._cpu_busy_seconds() is None:
         pytest.skip("no /proc/stat on this system")
+    import time
+
+    def slow(x):  # a window of ~0.4 s: /proc/stat's 10 ms ticks resolve it
+        time.sleep(0.08)
+        return x * 2
+
+    p = profile_function(slow, size=16, batch_sizes=(1,), warmup=1, repeats=4, max_seconds=10)
+    assert p["others_cpu_cores"] is not None and 0.0 <= p["others_cpu_cores"] <= (os.cpu_count() or 1)
+    # a window of a few milliseconds is below the counters' resolution: no figure (the load average decides)
     p = profile_function(lambda x: x * 2, size=16, batch_sizes=(1,), warmup=1, repeats=3, max_seconds=10)
-    assert p["others_cpu_cores"] is not None and 0.0 <= p["others_cpu_cores"] <= (os.cpu_count() or 1) + 0.5
+    assert p["others_cpu_cores"] is None
 
 
 def test_speed_table_marks_disturbed_rows():

@@ -151,3 +151,16 @@ def test_writes_get_the_umask(tmp_path):
         os.umask(old)
     assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o664}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "m.png"]  # no temporary left
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".tif"])
+def test_write_planes_writes_the_bytes_write_image_writes(tmp_path, ext):
+    from cellbench.io import write_planes
+
+    rng = np.random.default_rng(3)
+    hwc = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    write_image(tmp_path / f"a{ext}", hwc, compress_level=1)
+    write_planes(tmp_path / f"b{ext}", np.ascontiguousarray(hwc.transpose(2, 0, 1)), compress_level=1)
+    assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes()
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        write_planes(tmp_path / f"c{ext}", hwc)

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 
 from cellbench.data.classes import CLASSES
+from cellbench.data.masks import NUCLEUS
 from cellbench.errors import ConfigError
 from cellbench.io import write_image
 from cellbench.sim import load_system, make_scene, render
 from cellbench.sim.morphology import (
     DEFAULT_MORPHOLOGY,
+    DERIVED_CLASS,
+    DERIVED_GLOBAL,
     MORPHOLOGY_VERSION,
     count_lobes,
     load_morphology,
     measure_folder,
+    packaged_derived,
     save_morphology,
 )
 from cellbench.sim.pairs import ITEMS_PER_SLIDE, slide_for, slide_of
@@ -72,7 +76,8 @@ def _morph(cell_area: float, nc: float) -> dict:
         "rbc_diameter": _const(72.0), "rbc_pallor": _const(0.9), "lobe_hist": {"1": 1.0},
         "band_fraction": 0.0,
     }
-    return {"version": MORPHOLOGY_VERSION, "classes": {"lymphocyte": c, "monocyte": dict(c)}}
+    return {"version": MORPHOLOGY_VERSION, "classes": {"lymphocyte": c, "monocyte": dict(c)},
+            "derived": packaged_derived()}
 
 
 def test_measurement_recovers_cell_and_nucleus_area_of_rendered_scenes(tmp_path):
@@ -90,6 +95,7 @@ def test_measurement_recovers_cell_and_nucleus_area_of_rendered_scenes(tmp_path)
             write_image(tmp_path / cls / f"{i}.png", img)
     out = measure_folder(tmp_path)
     assert out["version"] == MORPHOLOGY_VERSION and out["source"]["folder"] == tmp_path.name
+    assert out["derived"] == load_morphology()["derived"]  # the renderer's corrections travel along
     assert str(tmp_path.parent) not in json.dumps(out)  # no absolute paths of the user's files
     for cls, (area, nc) in truth.items():
         c = out["classes"][cls]
@@ -117,10 +123,26 @@ def test_save_load_round_trip(tmp_path):
         ('{"version": 1}', "missing key 'classes'"),
         ('{"version": 1, "classes": {"neutrophil": {}}}', "class 'neutrophil': missing or bad key 'cell_area'"),
         ('{"version": 1, "classes": {"dragon": {}}}', "unknown class 'dragon'"),
+        ("V2_NO_DERIVED", "missing key 'derived'"),
+        ("V2_BAD_GLOBAL", "'derived.global.nuc_area_gain' missing or not a finite number"),
+        ("V2_NO_HOW", "'derived.how.pallor_gain' missing"),
+        ("V2_BAD_CLASS", "'derived.classes.basophil.gran_size'"),
     ],
 )
 def test_bad_morphology_file_names_file_and_key(tmp_path, text, match):
     p = tmp_path / "bad.json"
+    if text.startswith("V2_"):  # a good measured file whose 'derived' section is broken
+        m = _morph(9000.0, 0.7)
+        d = m["derived"]
+        if text == "V2_NO_DERIVED":
+            del m["derived"]
+        elif text == "V2_BAD_GLOBAL":
+            d["global"]["nuc_area_gain"] = "big"
+        elif text == "V2_NO_HOW":
+            del d["how"]["pallor_gain"]
+        else:
+            d["classes"]["basophil"]["gran_size"] = 2.0
+        text = json.dumps(m)
     p.write_text(text)
     with pytest.raises(ConfigError, match=match) as e:
         load_morphology(p)
@@ -134,7 +156,8 @@ def test_missing_morphology_file(tmp_path):
 
 def test_packaged_morphology_has_all_classes():
     m = load_morphology()
-    assert DEFAULT_MORPHOLOGY.name == "morphology-pbc-v1.json"
+    assert DEFAULT_MORPHOLOGY.name == f"morphology-pbc-v{MORPHOLOGY_VERSION}.json"
+    assert m["version"] == MORPHOLOGY_VERSION == 2
     assert set(m["classes"]) == set(CLASSES)
     assert m["source"]["folder"] == "pbc_dm96"
     for cls, c in m["classes"].items():
@@ -187,3 +210,41 @@ def test_scenes_draw_cell_area_and_lobes_from_the_packaged_measurements(cls):
         areas.append(np.isin(sc.mask, WBC_LABELS).sum())
     assert np.mean(areas) == pytest.approx(m["cell_area"]["mean"], rel=0.2)
     assert np.std(areas) > 0.05 * np.mean(areas)  # intra-class variation, as measured
+
+
+# -- the scene generator's rendering corrections are data (version 2) -----------------------------
+
+
+def test_packaged_corrections_are_complete_with_provenance():
+    d = load_morphology()["derived"]
+    assert set(d["global"]) == set(DERIVED_GLOBAL)
+    for cls, entry in d["classes"].items():
+        assert cls in CLASSES and set(entry) <= set(DERIVED_CLASS)
+    for name in set(DERIVED_GLOBAL) | {k for e in d["classes"].values() for k in e}:
+        assert len(d["how"][name]) > 40, name  # says where the value comes from
+    # the granule classes have their granule size and cover in the file, not in code
+    for cls in ("neutrophil", "eosinophil", "basophil", "monocyte", "ig"):
+        assert {"gran_r", "gran_cover"} <= set(d["classes"][cls]), cls
+
+
+def test_version_1_file_reads_with_the_packaged_corrections(tmp_path):
+    m = _morph(9000.0, 0.7)
+    del m["derived"]
+    m["version"] = 1
+    p = tmp_path / "v1.json"
+    p.write_text(json.dumps(m))
+    assert load_morphology(p)["derived"] == packaged_derived()
+
+
+def test_scene_reads_its_corrections_from_the_file():
+    """Doubling ``nuc_area_gain`` in the file (capped at 0.92 of the cell) grows the drawn nucleus of
+    a lymphocyte with a measured ratio of 0.4 by well over a third; the same seed otherwise."""
+    base = _morph(9000.0, 0.4)
+    big = json.loads(json.dumps(base))
+    big["derived"]["global"]["nuc_area_gain"] *= 2
+
+    def nuc_px(m):
+        return sum(int((make_scene("lymphocyte", np.random.default_rng(i), 256, morphology=m).mask == NUCLEUS).sum())
+                   for i in range(4))
+
+    assert nuc_px(big) > 1.35 * nuc_px(base)

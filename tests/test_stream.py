@@ -134,3 +134,36 @@ def test_the_mmap_threshold_is_fixed_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
     assert fix_mmap_threshold(1 << 20) is True
+
+
+def test_batch_conversions_give_the_values_of_to_tensor_and_to_uint8():
+    """The transform's batch conversions (planar bytes, one pass each way) change no value:
+    ``as_float`` is ``to_tensor``, ``as_uint8`` is ``to_uint8`` (planar), half-way values included."""
+    from cellbench.data.stream import as_float, as_uint8, stack_chw
+    from cellbench.tensors import to_tensor, to_uint8
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (17, 13, 3), dtype=np.uint8) for _ in range(5)]
+    x = as_float(stack_chw(images))
+    assert x.is_contiguous() and torch.equal(x, to_tensor(np.stack(images)))
+    y = torch.rand(4, 3, 9, 11) * 1.4 - 0.2  # outside [0, 1] too: clipped
+    y[0, 0, 0, :4] = torch.tensor([0.5, 1.5, 2.5, 254.5]) / 255  # round half to even, as to_uint8
+    want = to_uint8(y).transpose(0, 3, 1, 2)
+    assert np.array_equal(as_uint8(y), want)
+    kept = y.clone()
+    assert np.array_equal(as_uint8(y), want) and torch.equal(y, kept)  # not overwritten unless asked
+    assert np.array_equal(as_uint8(y, overwrite=True), want) and not torch.equal(y, kept)
+
+
+def test_the_heap_policy_is_scoped_on_glibc():
+    import platform
+
+    from cellbench.data.stream import heap_reused
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    with heap_reused() as on:
+        assert on is True
+        x = torch.ones(64, 1 << 18)  # 64 MB from the heap
+        assert float(x.sum()) == 64 * (1 << 18)
+        del x

@@ -5,6 +5,7 @@ bit-identical results on a tiny run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -222,3 +223,67 @@ def test_jobs_1_and_2_give_identical_results(tmp_path, monkeypatch):
     speed = [r for r in json.loads((b / "results.json").read_text())["records"] if r["split"] == "speed"]
     assert speed and all({"rounds", "spread_p90_median", "cpu_per_wall", "load_avg_1min", "disturbed",
                           "disturbed_reasons"} <= set(r["extra"]) for r in speed)
+
+
+def test_cpu_bf16_native_reads_the_cpu_flags(tmp_path, monkeypatch):
+    import torch
+
+    from cellbench.threads import cpu_bf16_native
+    from cellbench.train.loop import Trainer
+
+    with_units, without = tmp_path / "bf16", tmp_path / "plain"
+    with_units.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    without.write_text("flags\t\t: fpu sse avx2 avx512f\n")
+    assert cpu_bf16_native(cpuinfo=without) is False
+    assert cpu_bf16_native(cpuinfo=tmp_path / "missing") is False
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert cpu_bf16_native(cpuinfo=with_units) is True
+    # the trainer's autocast dtype on the CPU: bf16 only when asked for and the units are there
+    import cellbench.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_bf16_native", lambda: True)
+    cpu = torch.device("cpu")
+    assert Trainer._amp_dtype("bf16", cpu) == torch.bfloat16
+    assert Trainer._amp_dtype("auto", cpu) is None and Trainer._amp_dtype("off", cpu) is None
+    monkeypatch.setattr(loop, "cpu_bf16_native", lambda: False)
+    assert Trainer._amp_dtype("bf16", cpu) is None
+
+
+def test_a_worker_dies_with_its_parent(tmp_path):
+    """run-all's stage workers get SIGTERM when the run is killed (PR_SET_PDEATHSIG), not left training."""
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    pid_file = tmp_path / "child.pid"
+    child = tmp_path / "child.py"
+    child.write_text("import os, sys, time\n"
+                     "from cellbench.threads import die_with_parent\n"
+                     "die_with_parent()\n"
+                     "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+                     "time.sleep(60)\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text("import subprocess, sys, time\n"
+                      "subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])\n"
+                      "time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, str(parent), str(child), str(pid_file)])
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    p.kill()
+    p.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:  # a zombie (reaped by init later) has exited too
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    return
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError("the worker outlived its parent")

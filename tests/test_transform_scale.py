@@ -164,3 +164,57 @@ def test_one_run_at_a_time_writes_into_a_folder(tmp_path, poly_model):
         transform_folder(poly_model, src, out, workers=0, progress=False)
     assert not _outputs(out)
     assert transform_folder(poly_model, src, out, workers=0, progress=False).written == 3  # the lock was released
+
+
+def test_every_number_of_chains_writes_the_same_files(tmp_path, poly_model):
+    """The process-parallel chain (the main process and ``workers`` workers, batches dealt in turn)
+    writes byte for byte what the main process alone writes, JPEG outputs included, and the
+    unreadable file is reported once whichever process read it."""
+    src = _folder(tmp_path / "in", n=23)
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        write_image(src / "c" / f"j{i}.jpg", rng.integers(0, 256, (24, 28, 3), dtype=np.uint8))
+    (src / "c" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    runs = {w: transform_folder(poly_model, src, tmp_path / f"w{w}", batch_size=3, workers=w, progress=False)
+            for w in (0, 1, 2)}
+    for w, s in runs.items():
+        assert (s.written, s.existing, [p for p, _ in s.failed]) == (26, 0, [str(src / "c" / "broken.png")]), w
+    files = sorted(p.relative_to(tmp_path / "w0") for p in (tmp_path / "w0").rglob("*.*") if not p.name.startswith("."))
+    assert len(files) == 26 and any(f.suffix == ".jpg" for f in files)
+    for w in (1, 2):
+        for rel in files:
+            assert (tmp_path / f"w{w}" / rel).read_bytes() == (tmp_path / "w0" / rel).read_bytes(), (w, rel)
+
+
+def test_png_outputs_are_lossless_at_every_level_and_the_levels_are_checked(tmp_path, poly_model):
+    src = _folder(tmp_path / "in", n=4)
+    transform_folder(poly_model, src, tmp_path / "l1", workers=0, progress=False)  # the default, level 1
+    transform_folder(poly_model, src, tmp_path / "l9", workers=0, progress=False, png_level=9)
+    for rel in _outputs(tmp_path / "l1"):
+        np.testing.assert_array_equal(read_image(tmp_path / "l1" / rel), read_image(tmp_path / "l9" / rel))
+    from cellbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="png-level"):
+        transform_folder(poly_model, src, tmp_path / "x", png_level=10, progress=False)
+    with pytest.raises(ConfigError, match="jpeg-quality"):
+        transform_folder(poly_model, src, tmp_path / "x", jpeg_quality=0, progress=False)
+
+
+def test_default_workers_give_one_chain_per_usable_core(monkeypatch):
+    """Closed-form normalizers on the CPU: usable cores - 1 workers (the main process is the last
+    chain), shared among torchrun's local ranks; a network keeps the decoding-worker default."""
+    import cellbench.transform as tr
+    from cellbench.data.stream import default_workers
+
+    class Closed:
+        name = "poly"
+
+    class Net:
+        name = "ccgan"
+        G_xy = object()
+
+    for cores, ranks, want in ((1, 1, 0), (2, 1, 1), (4, 1, 3), (4, 2, 1), (64, 1, 7)):
+        monkeypatch.setattr(tr, "usable_cores", lambda c=cores: c)
+        assert tr.default_transform_workers(Closed(), "cpu", local_ranks=ranks) == want, (cores, ranks)
+    assert tr.default_transform_workers(Net(), "cpu") == default_workers()
+    assert tr.default_transform_workers(Closed(), "cuda") == default_workers()

@@ -35,6 +35,7 @@ import logging
 import os
 import platform
 import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def stage_scope(stage: Stage | str, kind: str, seed: int) -> Iterator[int]:
     s = stage_seed(key, seed)
     py_state, np_state = random.getstate(), np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    start, wall0, cpu0 = time.time(), time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=devices), limit_threads(thread_policy(kind)) as n:
         random.seed(s)
         np.random.seed(s)
@@ -117,6 +119,29 @@ def stage_scope(stage: Stage | str, kind: str, seed: int) -> Iterator[int]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+            if isinstance(stage, Stage):
+                _log_timing(stage, kind, n, start, time.perf_counter() - wall0, time.process_time() - cpu0)
+
+
+#: The run folder's stage timing log (one JSON object per line; docs/run-folder.md).
+TIMINGS = "timings.jsonl"
+
+
+def _log_timing(stage: Stage, kind: str, threads: int, start: float, wall: float, cpu: float) -> None:
+    """Append one line to ``RUN_DIR/timings.jsonl``: where a run's time went (wall and CPU seconds per
+    stage, whichever process ran it). Lines of a few hundred bytes are appended with one ``write`` in
+    ``O_APPEND`` mode, which Linux keeps whole when worker processes append at once. Timing is
+    bookkeeping: a failure to write it is logged, never raised."""
+    line = json.dumps({"stage": stage.dir.name, "kind": kind, "pid": os.getpid(), "threads": threads,
+                       "start": round(start, 3), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}) + "\n"
+    try:
+        fd = os.open(stage.dir.parent.parent / TIMINGS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("stage timings not recorded (%s)", exc)
 
 
 class Stage:

@@ -24,13 +24,19 @@ from ..errors import ConfigError
 from ..options import MAX_IMAGE_SIDE, check_choice, check_float, check_int, parse_bool, parse_set_items
 from ..presets import models_dir, preset_names
 
-__all__ = ["RunConfig", "load_run_config", "parse_set_items", "MIN_SIZE", "MAX_SIZE", "ALIASES"]
+__all__ = ["RunConfig", "load_run_config", "parse_set_items", "MIN_SIZE", "MAX_SIZE", "ALIASES", "STREAM_AUTO_MB",
+           "STREAM_CHOICES"]
 
 #: Smallest image side of a run: SSIM's 11-tap window and the classifier's pooling need at least this.
 MIN_SIZE = 16
 #: Largest image side (:data:`cellbench.options.MAX_IMAGE_SIDE`, the bound of every command).
 MAX_SIZE = MAX_IMAGE_SIDE
 #: Old option names still accepted on the command line and in profiles.
+#: ``stream="auto"`` streams a folder dataset when its images decoded as float32 at the run's size
+#: would take more than this many MB (the issue's memory bound: 4 GB for the whole run).
+STREAM_AUTO_MB = 4096.0
+#: Choices of the ``stream`` option.
+STREAM_CHOICES = ("auto", "on", "off")
 ALIASES = {"profile_batch_sizes": "speed_batch_sizes", "profile_repeats": "speed_repeats",
            "profile_seconds": "speed_seconds"}
 
@@ -55,11 +61,21 @@ class RunConfig:
     synthetic_test_n: int = 0
     #: Distilled rows run by default (``KIND:TEACHER``, e.g. ``lut3d:pcnet``); ``--methods`` replaces them too.
     distilled: tuple[str, ...] = ()
+    #: Read folder datasets on demand through a bounded pipeline (:mod:`cellbench.data.stream`):
+    #: ``"on"``, ``"off"`` or ``"auto"`` (stream when the decoded images would not fit
+    #: :data:`STREAM_AUTO_MB`). Streaming changes no result (the same pixels, the same batches).
+    stream: str = "auto"
+    #: Decoded-image cache of a streamed run, in MB (``uint8``; 40 % for each training set).
+    stream_cache_mb: float = 512.0
+    #: CPU inference engines the speed stage tries for ccGAN/pcNet; the fastest within the quality bound
+    #: is profiled and named (issue #17; :func:`cellbench.eval.profiling.choose_engine`).
+    speed_engines: tuple[str, ...] = ("eager", "channels_last", "bf16")
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["speed_batch_sizes"] = list(self.speed_batch_sizes)
         d["distilled"] = list(self.distilled)
+        d["speed_engines"] = list(self.speed_engines)
         return d
 
     def method_preset_for(self, method: str) -> str | None:
@@ -89,6 +105,28 @@ def _distilled(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or any(":" not in str(v) for v in value):
         raise ConfigError(f"distilled={value!r}: must be a list of KIND:TEACHER names, e.g. [\"lut3d:pcnet\"]")
     return tuple(str(v).strip() for v in value)
+
+
+def _engines(value: Any) -> tuple[str, ...]:
+    """``speed_engines``: names of :data:`cellbench.nets.engines.ENGINES` (a list or a comma-separated string)."""
+    from ..nets.engines import ENGINES
+
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"speed_engines={value!r}: must be a non-empty list of engines, e.g. [\"eager\", \"bf16\"]")
+    return tuple(check_choice(str(v).strip(), "speed_engines", list(ENGINES)) for v in value)
+
+
+def _stream(value: Any) -> str:
+    """``stream``: auto/on/off (booleans and their spellings too: true = on, false = off)."""
+    text = str(value).strip().lower()
+    if text in STREAM_CHOICES:
+        return text
+    try:
+        return "on" if parse_bool(value, "stream") else "off"
+    except ConfigError:
+        raise ConfigError(f"stream={value!r}: must be one of auto, on, off") from None
 
 
 def _preset(value: Any, name: str, choices: list[str]) -> str:
@@ -136,6 +174,9 @@ def load_run_config(profile: str = "quick", overrides: Mapping[str, Any] | None 
         resim_limit_per_class=check_int(raw.get("resim_limit_per_class", 0), "resim_limit_per_class", min=0),
         synthetic_test_n=check_int(raw.get("synthetic_test_n", 0), "synthetic_test_n", min=0, max=1_000_000),
         distilled=_distilled(raw.get("distilled", [])),
+        stream=_stream(raw.get("stream", "auto")),
+        stream_cache_mb=check_float(raw.get("stream_cache_mb", 512.0), "stream_cache_mb", min=0.0, max=1_048_576.0),
+        speed_engines=_engines(raw.get("speed_engines", ["eager", "channels_last", "bf16"])),
     )
     for m in methods:
         names = preset_names(m)

@@ -14,6 +14,12 @@ images instead of retraining?* Two labelled single-system folders with no pairs:
    intervals), per class, and its gain over raw X (``accuracy_gain``, percentage points); realism
    (C2ST, FID, KID) and colour statistics against the Y test images; McNemar on per-image
    correctness
+
+**Streamed** (run profile ``stream``, ``--stream on``, or ``auto`` for folders beyond 4 GB as float32):
+the folders are read on demand through :mod:`cellbench.data.stream` (no ``cross-data`` stage), the
+runner evaluates the test inputs in chunks, and the image-level metrics use at most :data:`EVAL_CAP`
+(realism) and :data:`COLOUR_CAP` (colour statistics) test images per side, seeded subsets (every
+image when there are fewer: the in-memory values); accuracy, the gain and McNemar count every test image.
 """
 
 from __future__ import annotations
@@ -42,6 +48,26 @@ __all__ = ["CrossTrack"]
 
 PARTS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 BASELINE = "identity"
+#: A streamed run computes the realism metrics (C2ST, FID, KID) on at most this many test images per
+#: side (a seeded subset; all of them when there are fewer, as in memory): they hold whole float
+#: stacks, 0.2 GB per side at 256 px. Accuracy, the gain and McNemar use every test image.
+EVAL_CAP = 256
+#: ... and the colour statistics (:func:`cellbench.eval.evaluate.unpaired_colour_records`) on at most this
+#: many of those: they segment and convert both sides to CIELAB at once, measured +2.1 GB for 200 images
+#: a side at 256 px and +1.35 GB for 128 (about 10 MB an image pair), so about +0.7 GB at this cap.
+COLOUR_CAP = 64
+
+
+def decoded_mb(n_images: int, size: int) -> float:
+    """MB of ``n_images`` decoded as float32 ``(3, size, size)`` (what an in-memory load holds)."""
+    return n_images * 3 * size * size * 4 / 2**20
+
+
+def eval_subset(n: int, cap: int | None, seed: int) -> np.ndarray:
+    """Indices (sorted) of at most ``cap`` of ``n`` items, seeded; ``arange(n)`` when ``n <= cap``."""
+    if cap is None or n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
 class CrossTrack:
@@ -61,8 +87,40 @@ class CrossTrack:
         self.scale = None if scale in (None, "none") else scale
         #: read images on demand (cellbench.data.stream): no decoded copy of the folders in the stage
         #: cache or in memory; the sets are the same pixels (what the cached uint8 sets hold)
-        self.stream = stream
+        #: (not given: from the run profile's ``stream`` option, :meth:`_stream_from_config`)
+        self.stream = stream if stream is not None else self._stream_from_config()
         self._data: dict[str, Any] | None = None
+
+    def _stream_from_config(self) -> Streaming | None:
+        """``stream="on"``, or ``"auto"`` with folders whose images as float32 would exceed
+        :data:`~cellbench.bench.config.STREAM_AUTO_MB`: a :class:`Streaming` of ``stream_cache_mb``."""
+        from .config import STREAM_AUTO_MB
+
+        mode = getattr(self.cfg, "stream", "off")
+        if mode == "off":
+            return None
+        if mode == "auto":
+            mb = decoded_mb(self._count_images(), self.cfg.size)
+            if mb <= STREAM_AUTO_MB:
+                return None
+            log.info("cross data: %.0f MB of decoded images (> %.0f MB): streaming them (cache %.0f MB)", mb,
+                     STREAM_AUTO_MB, self.cfg.stream_cache_mb)
+        from ..data.stream import fix_mmap_threshold
+
+        fix_mmap_threshold()  # batch-sized temporaries go back to the system when freed (no heap growth)
+        return Streaming(cache_mb=float(self.cfg.stream_cache_mb))
+
+    def _count_images(self) -> int:
+        from ..data.folders import LabelledFolder
+
+        dirs = [self.spec.options["x"], self.spec.options["y"], *([self.x_test_dir] if self.x_test_dir else [])]
+        return sum(len(LabelledFolder(d, seed=self.seed).items) for d in dirs)
+
+    @property
+    def eval_cap(self) -> int | None:
+        """Streamed: at most this many test images enter the image-level metrics (realism, colour;
+        a seeded subset, :func:`eval_subset`); the accuracy counts every test image. None: all."""
+        return EVAL_CAP if self.stream is not None else None
 
     # -- data ---------------------------------------------------------------------------------------
     def _limit(self) -> int | None:
@@ -142,7 +200,7 @@ class CrossTrack:
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
-                 proba: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
+                 proba: np.ndarray | None = None, index: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
         from ..eval.evaluate import proportion_records, realism_records, unpaired_colour_records
 
         d, clf = self.data(), ctx.classifier()
@@ -157,13 +215,29 @@ class CrossTrack:
                                      [lab for lab, k in zip(labels, keep, strict=True) if k],
                                      extra={"on": "transformed X test", "excluded_classes": excluded})
         y_test = d["y_test"]
-        n = min(len(outputs), len(y_test))
+        # the image-level metrics: on every test image, or (streamed, index given) on the seeded subsets
+        # ``index`` of X test (the outputs given) and of Y test (eval_subset with the same cap)
+        out_labels = labels if index is None else [labels[i] for i in index]
+        y_images, y_labels = y_test.images, list(y_test.labels)
+        if index is not None or not isinstance(y_images, torch.Tensor):
+            y_index = eval_subset(len(y_test), self.eval_cap, ctx.seed + 1)
+            y_images = y_images[torch.as_tensor(y_index, dtype=torch.long)] if len(y_index) else \
+                torch.zeros((0, *tuple(y_images.shape[1:])))
+            y_labels = [y_labels[i] for i in y_index]
+        n = min(len(outputs), len(y_images))
         if ctx.realism and n >= MIN_REALISM_IMAGES:
-            records += realism_records(ctx.run_name, method, real=y_test.images[:n], fake=outputs[:n],
+            records += realism_records(ctx.run_name, method, real=y_images[:n], fake=outputs[:n],
                                        real_features=ctx.reference_features(),
                                        fake_features=clf.features(outputs).float().cpu().numpy(), seed=ctx.seed)
-        records += unpaired_colour_records(ctx.run_name, method, outputs, labels, y_test.images, y_test.labels,
-                                           seed=ctx.seed)
+        c_out, c_labels, c_y, c_y_labels = outputs, out_labels, y_images, y_labels
+        if self.eval_cap is not None:  # streamed: the colour statistics on at most COLOUR_CAP images a side
+            pick = eval_subset(len(outputs), COLOUR_CAP, ctx.seed + 2)
+            pick_y = eval_subset(len(y_images), COLOUR_CAP, ctx.seed + 3)
+            if len(pick) < len(outputs):
+                c_out, c_labels = outputs[torch.as_tensor(pick)], [out_labels[i] for i in pick]
+            if len(pick_y) < len(y_images):
+                c_y, c_y_labels = y_images[torch.as_tensor(pick_y)], [y_labels[i] for i in pick_y]
+        records += unpaired_colour_records(ctx.run_name, method, c_out, c_labels, c_y, c_y_labels, seed=ctx.seed)
         return records, correct
 
     def reference_names(self) -> list[str]:

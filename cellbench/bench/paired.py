@@ -53,6 +53,33 @@ class PairedTrack:
         self._masks: torch.Tensor | None = None
         self._proba: dict[str, np.ndarray] = {}  # the classifier's probabilities on y / y2 (this process)
         self._per_image: dict[str, dict[str, np.ndarray]] = {}  # loaded by summary_records, for the artifacts
+        #: ``paired:ROOT`` streamed (run profile ``stream``): the training pairs are read on demand
+        #: (:mod:`cellbench.data.stream`, no decoded copy in the stage cache or in memory); validation and
+        #: test pairs are decoded and cached as always (the per-image paired evaluation holds the test split)
+        self.stream = self._stream_from_config() if spec.kind == "paired" else None
+        #: None: the paired evaluation is per image, over every test output (no bounded subset)
+        self.eval_cap = None
+
+    def _stream_from_config(self):
+        from ..data.cross import Streaming
+        from .config import STREAM_AUTO_MB
+
+        mode = getattr(self.cfg, "stream", "off")
+        if mode == "off":
+            return None
+        if mode == "auto":
+            from ..data.folders import PairedFolder
+            from .cross import decoded_mb
+
+            mb = decoded_mb(2 * len(PairedFolder(self.spec.path, seed=self.seed).items), self.cfg.size)
+            if mb <= STREAM_AUTO_MB:
+                return None
+            log.info("paired data: %.0f MB of decoded images (> %.0f MB): streaming the training pairs", mb,
+                     STREAM_AUTO_MB)
+        from ..data.stream import fix_mmap_threshold
+
+        fix_mmap_threshold()  # batch-sized temporaries go back to the system when freed (no heap growth)
+        return Streaming(cache_mb=float(self.cfg.stream_cache_mb))
 
     # -- data ---------------------------------------------------------------------------------------
     def data_key(self) -> dict[str, Any]:
@@ -78,6 +105,8 @@ class PairedTrack:
         return list(methods)
 
     def split(self, name: str) -> PairedSet:
+        if name not in self._sets and self.stream is not None:
+            return self._streamed_split(name)
         if name not in self._sets:
             st = self.cache.stage("data", self.data_key())
             if not self.cache.ready(st):
@@ -87,6 +116,32 @@ class PairedTrack:
                     save_paired(st, s, self._make_split(s))
                 self.cache.finish(st)
             self._sets.update({s: load_paired(st, s) for s in SPLITS})
+        return self._sets[name]
+
+    def _streamed_split(self, name: str) -> PairedSet:
+        """A streamed ``paired:ROOT``: train read on demand; val and test in the ``data-stream`` stage."""
+        from ..data.folders import PairedFolder
+        from ..data.stream import LazyImages
+
+        assert self.stream is not None
+        if name == "train":
+            items = PairedFolder(self.spec.path, seed=self.seed).select("train")
+            if not items:
+                raise ConfigError(f"{self.spec.path}: split 'train' is empty")
+            share = self.stream.share("train") / 2
+            lazy = [LazyImages([getattr(it, side) for it in items], size=self.cfg.size, cache_mb=share,
+                               workers=self.stream.workers) for side in ("x", "y")]
+            self._sets["train"] = PairedSet(lazy[0], lazy[1], [it.cls for it in items],  # type: ignore[arg-type]
+                                            [it.id for it in items])
+            return self._sets["train"]
+        st = self.cache.stage("data-stream", self.data_key())
+        if not self.cache.ready(st):
+            log.info("stage data-stream: preparing the val and test pairs of %s", self.spec.path)
+            self.cache.begin(st)
+            for s in SPLITS[1:]:
+                save_paired(st, s, self._make_split(s))
+            self.cache.finish(st)
+        self._sets.update({s: load_paired(st, s) for s in SPLITS[1:]})
         return self._sets[name]
 
     def _make_split(self, split: str) -> PairedSet:
@@ -188,7 +243,9 @@ class PairedTrack:
         return load_arrays(st, "per_image.npz")
 
     def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
-                 proba: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
+                 proba: np.ndarray | None = None, index: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
+        if index is not None:  # the paired evaluation is per image: it needs every output (eval_cap is None)
+            raise ValueError("the paired track evaluates every test output; got a subset")
         from ..eval.evaluate import class_probabilities, paired_evaluation, realism_records
 
         test, clf, ref = self.split("test"), ctx.classifier(), ctx.reference_predictions()

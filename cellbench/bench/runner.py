@@ -10,6 +10,8 @@ checkpoint):
                          its penultimate features of them (FID, KID)
 4. ``fit-<m>``           each normalizer fitted (or trained, or distilled) on the track's training data
 5. ``eval-<m>``          test outputs, predictions and the track's records of each method and reference
+                         (a streamed track, ``track.eval_cap`` set: in chunks of :data:`EVAL_CHUNK`
+                         test images, outputs kept as uint8; :meth:`Benchmark._evaluate_streamed`)
 6. ``speed-<m>``         latency / throughput / memory on this host
 7. results               ``results.json``, ``results.csv``, ``config.json``, ``artifacts/``; the CLI builds the report
 
@@ -49,12 +51,21 @@ import torch
 from ..errors import CellbenchError
 from ..fs import FolderLock, atomic_write
 from ..results import Record, check_fingerprints, fingerprint_differences, load_results, run_metadata, save_results
-from ..threads import configure_process, thread_policy, usable_cores
+from ..threads import configure_process, init_worker, limit_threads, thread_policy, usable_cores
 from .artifacts import write_artifacts
 from .cache import Stage, StageCache, config_hash, host_info, source_version, stage_scope
 from .config import RunConfig
 from .fitting import Fits, check_method, split_method, stage_name
-from .store import load_array, load_records, load_tensors, save_array, save_records, save_tensors, to_uint8
+from .store import (
+    load_array,
+    load_records,
+    load_tensors,
+    load_tensors_mapped,
+    save_array,
+    save_records,
+    save_tensors,
+    to_uint8,
+)
 from .track import Evaluation, Track
 
 log = logging.getLogger(__name__)
@@ -66,6 +77,9 @@ EVAL_MODULES = ("cellbench.eval.evaluate", "cellbench.eval.image", "cellbench.ev
                 "cellbench.eval.realism", "cellbench.eval.metrics", "cellbench.segmentation", "cellbench.bench.track",
                 "cellbench.bench.paired", "cellbench.bench.cross")
 SPEED_MODULES = ("cellbench.eval.profiling", "cellbench.eval.evaluate", "cellbench.eval.metrics")
+#: A streamed evaluation transforms and classifies the test inputs this many images at a time (a multiple
+#: of the transform's batch of 16 and the classifier's of 64: the same batches as one whole pass).
+EVAL_CHUNK = 256
 
 
 class Benchmark:
@@ -117,7 +131,7 @@ class Benchmark:
                 self.cache.begin(st)
                 with stage_scope(st, "eval", self.seed):
                     for key, imgs in images.items():
-                        save_array(st, f"{key}.npy", clf.predict(imgs).cpu().numpy())
+                        save_array(st, f"{key}.npy", _predict(clf, imgs))
                 self.cache.finish(st)
             self._refs = {key: load_array(st, f"{key}.npy") for key in images}
         return self._refs
@@ -128,7 +142,7 @@ class Benchmark:
             st = self._test_stage("test-features")
             if not self.cache.ready(st):
                 with stage_scope(st, "eval", self.seed):
-                    feats = self.classifier().features(self.track.reference_images()["y"]).float().cpu()
+                    feats = _features(self.classifier(), self.track.reference_images()["y"])
                 self.cache.begin(st)
                 save_tensors(st, "features.safetensors", {"features": feats})
                 self.cache.finish(st)
@@ -178,7 +192,7 @@ class Benchmark:
             save_array(st, "success.npy", ev.success)
             save_records(st, "records.json", ev.records)
             self.cache.finish(st, fingerprint=self.fingerprint())
-        return Evaluation(load_records(st, "records.json"), load_tensors(st, "outputs.safetensors")["outputs"],
+        return Evaluation(load_records(st, "records.json"), load_tensors_mapped(st, "outputs.safetensors")["outputs"],
                           load_array(st, "pred.npy"), load_array(st, "success.npy"))
 
     def _evaluate_method(self, name: str) -> Evaluation:
@@ -187,6 +201,8 @@ class Benchmark:
         norm = self.fits.fitted(name)
         x = self.track.test_inputs()
         log.info("stage eval-%s: transforming %d test images", name, len(x))
+        if getattr(self.track, "eval_cap", None) is not None:
+            return self._evaluate_streamed(name, norm, x)
         outputs = self.transform_all(norm, x)
         # one classifier pass: the class probabilities, and the predictions as their argmax (softmax keeps
         # the order of the logits, so this equals classifier.predict)
@@ -199,17 +215,80 @@ class Benchmark:
         records += passthrough_records(self.run_name, name, norm.passthrough_count, n=len(x))
         return Evaluation(records, to_uint8(outputs), pred, np.asarray(success, dtype=bool))
 
+    def _evaluate_streamed(self, name: str, norm, x) -> Evaluation:
+        """:meth:`_evaluate_method` in bounded memory (a streamed track, ``track.eval_cap`` set).
+
+        The test inputs are read, transformed and classified :data:`EVAL_CHUNK` images at a time
+        (the same transform and classifier batches as one whole pass: the same values); the outputs
+        are kept as ``uint8`` (what the stage stores), and as float only for the seeded subset of
+        ``eval_cap`` test images the image-level metrics use (every image when there are fewer: then
+        the track evaluates exactly what the in-memory path gives it).
+        """
+        from ..eval.evaluate import class_probabilities, fit_records, passthrough_records
+        from .cross import eval_subset
+
+        n = len(x)
+        keep = eval_subset(n, self.track.eval_cap, self.seed)
+        clf = self.classifier()
+        u8 = torch.empty((n, *tuple(x.shape[1:])), dtype=torch.uint8)
+        probas: list[np.ndarray] = []
+        preds: list[np.ndarray] = []
+        kept: list[torch.Tensor] = []
+        start = 0
+        for xb in _chunks(x, EVAL_CHUNK):
+            out = self.transform_all(norm, xb)
+            proba = class_probabilities(clf, out)
+            if proba is not None:
+                probas.append(proba)
+            preds.append(proba.argmax(1) if proba is not None else clf.predict(out).cpu().numpy())
+            u8[start:start + len(out)] = to_uint8(out)
+            sel = keep[(keep >= start) & (keep < start + len(out))] - start
+            kept.append(out[torch.as_tensor(sel, dtype=torch.long)] if len(sel) < len(out) else out)
+            start += len(out)
+            del out
+        outputs = torch.cat(kept) if kept else torch.zeros((0, *tuple(x.shape[1:])))
+        pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+        proba_all = np.concatenate(probas) if len(probas) == len(preds) and probas else None
+        index = None if len(keep) == n else keep
+        records, success = self.track.evaluate(self, name, outputs, pred, proba=proba_all, index=index)
+        fit = self.fits.fit_info(name) or {}
+        records += fit_records(self.run_name, name, fit.get("seconds", float("nan")), n=int(fit.get("n", 0)))
+        records += passthrough_records(self.run_name, name, norm.passthrough_count, n=n)
+        return Evaluation(records, u8, pred, np.asarray(success, dtype=bool))
+
     def speed_stage(self, name: str) -> Stage:
         """The speed stage of a method on this host (timings of another machine are never reused)."""
         return self.cache.stage(f"speed-{stage_name(name)}", {
             "fit": self.fits.fit_stage(name).key, "size": self.cfg.size, "batch_sizes": self.cfg.speed_batch_sizes,
             "repeats": self.cfg.speed_repeats, "seconds": self.cfg.speed_seconds,
+            "engines": list(self.speed_engines()),
             "host": host_info(self.device, threads=self.speed_threads()),
             "version": source_version(*SPEED_MODULES)})
 
     def speed_threads(self) -> int:
         """Intra-op threads of the speed measurement (the thread policy's ``speed``: every usable core)."""
         return thread_policy("speed")
+
+    def speed_engines(self) -> tuple[str, ...]:
+        """The CPU inference engines the speed stage tries for ccGAN/pcNet (run-profile ``speed_engines``)."""
+        return tuple(getattr(self.cfg, "speed_engines", None) or ("eager",))
+
+    def _choose_engine(self, norm) -> tuple[str, list[dict]]:
+        """The fastest engine of ``norm`` within the quality bound on 16 test inputs (issue #17;
+        :func:`cellbench.eval.profiling.choose_engine`), switched on; ``("eager", [])`` for methods
+        without networks, on CUDA, or when only eager is configured."""
+        from ..eval.profiling import choose_engine
+
+        engines = self.speed_engines()
+        if torch.device(self.device).type != "cpu" or getattr(norm, "G_xy", None) is None or set(engines) <= {"eager"}:
+            return "eager", []
+        x = self.track.test_inputs()[:16]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        masks_of = getattr(self.track, "test_masks", None)
+        masks = masks_of() if masks_of is not None else None
+        with limit_threads(self.speed_threads()):
+            return choose_engine(norm, x, candidates=engines, masks=None if masks is None else masks[:16],
+                                 threads=self.speed_threads())
 
     def speed(self, name: str) -> list[Record]:
         """A method's speed records (measured now when the stage is not done, or with ``redo_speed``).
@@ -227,13 +306,17 @@ class Benchmark:
             norm = self.fits.fitted(name)
             self.cache.begin(st)
             with stage_scope(st, "speed", self.seed):
+                engine, engine_rows = self._choose_engine(norm)
                 prof = profile_normalizer(norm, size=self.cfg.size, device=self.device,
                                           batch_sizes=self.cfg.speed_batch_sizes, repeats=self.cfg.speed_repeats,
                                           max_seconds=self.cfg.speed_seconds, threads=self.speed_threads())
             records = []
             for r in speed_records(self.run_name, name, prof, split="speed"):
                 batch = int(r.extra.get("batch_size") or 1) if r.metric == "throughput_ips" else 1
-                records.append(dataclasses.replace(r, extra={**r.extra, **speed_conditions(prof, batch_size=batch)}))
+                extra = {**r.extra, **speed_conditions(prof, batch_size=batch)}
+                if engine_rows:
+                    extra.update(engine=engine, engines=engine_rows)
+                records.append(dataclasses.replace(r, extra=extra))
             save_records(st, "records.json", records)
             self.cache.finish(st)
             self._speed_redone.add(name)
@@ -326,7 +409,7 @@ class Benchmark:
         running: dict[Future, StageTask] = {}
         free = self.jobs
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, initializer=configure_process) as pool:
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, initializer=init_worker) as pool:
             while pending or running:
                 for t in list(pending):
                     need = min(t.threads, self.jobs)
@@ -454,7 +537,7 @@ class Benchmark:
         for m in methods:
             if m not in out:
                 st = self.eval_stage(m)
-                out[m] = Evaluation([], load_tensors(st, "outputs.safetensors")["outputs"],
+                out[m] = Evaluation([], load_tensors_mapped(st, "outputs.safetensors")["outputs"],
                                     load_array(st, "pred.npy"), load_array(st, "success.npy"))
         return out
 
@@ -477,6 +560,55 @@ class StageTask:
     @property
     def id(self) -> str:
         return f"{self.kind}:{self.method}" if self.method else self.kind
+
+
+def _batches(images, batch_size: int):
+    """Images ``batch_size`` at a time, in order: a streamed set (:class:`cellbench.data.stream.LazyImages`)
+    through its decoding pipeline, a tensor by slicing."""
+    if hasattr(images, "batches"):
+        yield from images.batches(batch_size)
+    else:
+        for i in range(0, len(images), batch_size):
+            yield images[i:i + batch_size]
+
+
+def _chunks(images, size: int, batch_size: int = 64):
+    """:func:`_batches` of ``batch_size`` regrouped into float tensors of exactly ``size`` images (the last
+    shorter), so the batches cut from each chunk are those of one whole pass."""
+    if not hasattr(images, "batches"):
+        yield from _batches(images, size)
+        return
+    part: list[torch.Tensor] = []
+    count = 0
+    for b in _batches(images, batch_size):
+        part.append(b)
+        count += len(b)
+        while count >= size:
+            buf = torch.cat(part)
+            yield buf[:size]
+            part, count = ([buf[size:]] if count > size else []), count - size
+    if part:
+        yield torch.cat(part)
+
+
+def _predict(clf, images) -> np.ndarray:
+    """``clf.predict`` (batches of 64) of a tensor or a streamed set (the same batches: the same values)."""
+    if not hasattr(images, "batches"):
+        return clf.predict(images).cpu().numpy()
+    out = [clf.predict(b).cpu().numpy() for b in _batches(images, 64)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _features(clf, images, cap: int = 256) -> torch.Tensor:
+    """The classifier's penultimate features of ``images`` (float32, CPU): one pass over a tensor or a
+    streamed set of at most ``cap`` images (what the in-memory run computes; the cross track's ``EVAL_CAP``),
+    else batches of 64."""
+    if not hasattr(images, "batches"):
+        return clf.features(images).float().cpu()
+    if len(images) <= cap:
+        with torch.inference_mode():
+            return clf.features(images[:]).float().cpu()
+    return torch.cat([clf.embed(b) for b in _batches(images, 64)])
 
 
 def _run_task(recipe: dict[str, Any], task: StageTask) -> str:

@@ -18,8 +18,8 @@ from ..results import Record
 from .cache import Stage
 
 __all__ = ["to_uint8", "save_paired", "load_paired", "save_labelled", "load_labelled", "save_tensors",
-           "load_tensors", "save_records", "load_records", "save_array", "load_array", "save_arrays",
-           "load_arrays", "StoreError"]
+           "load_tensors", "load_tensors_mapped", "save_records", "load_records", "save_array", "load_array",
+           "save_arrays", "load_arrays", "StoreError"]
 
 
 class StoreError(RuntimeError):
@@ -44,6 +44,31 @@ def load_tensors(stage: Stage, rel: str) -> dict[str, torch.Tensor]:
         return load_file(str(stage.path(rel)))
     except (OSError, SafetensorError) as exc:
         raise StoreError(f"{stage.path(rel)}: {exc}") from None
+
+
+def load_tensors_mapped(stage: Stage, rel: str) -> dict[str, torch.Tensor]:
+    """:func:`load_tensors` with ``uint8`` tensors memory-mapped from the file (copy-on-write), not read:
+    a method's test outputs cost no memory until indexed (the image grid reads a few of them).
+    Tensors of other types are read as by :func:`load_tensors`."""
+    path = stage.path(rel)
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: {exc}") from None
+    header.pop("__metadata__", None)
+    if any(v.get("dtype") != "U8" for v in header.values()):
+        return load_tensors(stage, rel)
+    out = {}
+    for name, v in header.items():
+        begin, end = v["data_offsets"]
+        shape = tuple(int(d) for d in v["shape"])
+        if end - begin != int(np.prod(shape, dtype=np.int64)) or end == begin:
+            return load_tensors(stage, rel)  # empty or inconsistent: let safetensors read (or refuse) it
+        arr = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n + begin, shape=shape)
+        out[name] = torch.from_numpy(arr)
+    return out
 
 
 def save_paired(stage: Stage, split: str, data: PairedSet) -> None:

@@ -103,10 +103,12 @@ class Track(Protocol):
         """True classes of ``reference_images()["y"]``."""
 
     def evaluate(self, ctx: RunContext, method: str, outputs: torch.Tensor, pred: np.ndarray,
-                 proba: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
+                 proba: np.ndarray | None = None, index: np.ndarray | None = None) -> tuple[list[Record], np.ndarray]:
         """Records of one method's float outputs ``(N, 3, H, W)`` and its per-item success; ``pred`` the
         classifier's predictions on them and ``proba`` its class probabilities (None: not available),
-        both from one classifier pass in the runner."""
+        both from one classifier pass in the runner, on every test input. ``index``: ``outputs`` are
+        only those of these test items (a streamed run's bounded subset for the image-level metrics,
+        when the track has an ``eval_cap``); None: every test item."""
 
     def reference_names(self) -> list[str]:
         """Reference rows evaluated without a method (the paired track's ``ceiling``)."""

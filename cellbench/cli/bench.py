@@ -17,6 +17,14 @@ def _methods(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
+def _overrides(args: argparse.Namespace, parse_set_items) -> dict:
+    """``--set`` items, with ``--stream MODE`` as ``stream=MODE`` (the run-profile key it sets)."""
+    out = parse_set_items(args.set)
+    if getattr(args, "stream", None) is not None:
+        out["stream"] = args.stream
+    return out
+
+
 def _full_report(run_dir: Path, methods: list[str], title: str) -> Path:
     from ..report import build_report
 
@@ -34,7 +42,7 @@ def _open_run_all(args: argparse.Namespace, run_dir: Path, seed: int):
     from ..bench.config import parse_set_items
 
     bench = open_benchmark(run_dir, profile=args.profile, data=args.data, methods=args.methods,
-                           device=args.device, seed=seed, overrides=parse_set_items(args.set),
+                           device=args.device, seed=seed, overrides=_overrides(args, parse_set_items),
                            progress=not args.quiet, x_test=args.x_test, scale=args.scale)
     return bench.configure(jobs=args.jobs, redo_speed=args.redo_speed)
 
@@ -76,7 +84,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     methods = check_compare_methods(args.methods)  # before anything is read or written
     bench = open_benchmark(_run_dir(args, args.run), profile=args.profile, data=args.data, methods=methods,
-                           device=args.device, seed=args.seed, overrides=parse_set_items(args.set),
+                           device=args.device, seed=args.seed, overrides=_overrides(args, parse_set_items),
                            progress=not args.quiet)
     bench.configure(jobs=args.jobs, redo_speed=args.redo_speed)
     out = bench.run(comparison=True, finish=_comparison_report)
@@ -112,6 +120,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", default=None, metavar="N",
                    help="worker processes for independent stages (fits, evaluations; default: the usable CPU "
                         "cores); results are identical for every N (docs/speed.md)")
+    p.add_argument("--stream", choices=["auto", "on", "off"], default=None,
+                   help="read folder datasets (cross:, paired:) on demand through a bounded pipeline instead of "
+                        "decoding them into memory (same results); auto (the profile's default) streams when "
+                        "the decoded images would exceed 4 GB; the cache size is --set stream_cache_mb=MB")
     p.add_argument("--redo-speed", action="store_true",
                    help="re-measure only the speed stages (e.g. after a disturbed measurement); reuse the rest")
 

@@ -82,6 +82,12 @@ def cmd_transform(args: argparse.Namespace) -> int:
         checks.count(args.workers, "--workers", min=0, max=64)
     checks.count(args.writers, "--writers", max=64)
     checks.count(args.prefetch, "--prefetch", max=64)
+    from ..transform import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL
+
+    png_level = (DEFAULT_PNG_LEVEL if args.png_level is None
+                 else checks.count(args.png_level, "--png-level", min=0, max=9))
+    jpeg_quality = (DEFAULT_JPEG_QUALITY if args.jpeg_quality is None
+                    else checks.count(args.jpeg_quality, "--jpeg-quality", min=1, max=100))
     args.device = resolve_device(args.device)
     checks.input_dir(args.model, "--model")
     checks.input_dir(args.input, "input")
@@ -92,7 +98,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
         summary = transform_folder(args.model, args.input, args.output, batch_size=args.batch_size,
                                    device=device, overwrite=args.overwrite, progress=not args.quiet,
                                    engine=args.engine, workers=args.workers, prefetch=args.prefetch,
-                                   writers=args.writers, dist_info=dist)
+                                   writers=args.writers, dist_info=dist, png_level=png_level,
+                                   jpeg_quality=jpeg_quality)
     finally:
         shutdown(dist)
     if not dist.is_main:
@@ -166,13 +173,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--engine", default="eager", choices=["eager", "folded", "channels_last", "onnxruntime", "compile",
-                                                         "bf16"],
-                   help="CPU inference engine of ccgan/pcnet (cellbench.nets.engines; default eager)")
+                                                         "bf16", "bf16_compile"],
+                   help="CPU inference engine of ccgan/pcnet (cellbench.nets.engines; default eager; int8 needs "
+                        "calibration images: Python API)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
     p.add_argument("--workers", type=int, default=None,
-                   help="decoding worker processes (default: usable cores - 1, 1..4; 0 decodes in the main process)")
+                   help="worker processes (default: usable cores - 1; for hm/poly/other closed-form methods on the "
+                        "CPU every process, the main one included, decodes, transforms, encodes and writes its own "
+                        "batches; for ccgan/pcnet or --device cuda they decode; 0: the main process alone)")
     p.add_argument("--prefetch", type=int, default=2, help="batches each decoding worker reads ahead (default 2)")
-    p.add_argument("--writers", type=int, default=1, help="threads encoding and writing outputs (default 1)")
+    p.add_argument("--writers", type=int, default=1,
+                   help="threads encoding and writing outputs when the normalizer runs in the main process "
+                        "(ccgan/pcnet, --device cuda; default 1)")
+    p.add_argument("--png-level", type=int, default=None,
+                   help="zlib level of PNG outputs, 0-9 (lossless at every level; default 1: about 5x faster to "
+                        "write than 6, files 10-20 %% larger)")
+    p.add_argument("--jpeg-quality", type=int, default=None,
+                   help="quality of JPEG outputs, 1-100 (a JPEG input gives a JPEG output; default 95)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transform)
 

@@ -24,6 +24,7 @@ bit-identical to the in-memory one (``LabelledFolder.load``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -40,7 +41,7 @@ from ..io import read_image
 from ..tensors import center_crop_or_pad, to_tensor
 
 __all__ = ["Decoded", "ImageFiles", "SizeGroups", "group_by_size", "file_loader", "default_workers", "LazyImages",
-           "lazy_labelled", "fix_mmap_threshold"]
+           "lazy_labelled", "fix_mmap_threshold", "reuse_heap", "heap_reused", "stack_chw", "as_float", "as_uint8"]
 
 
 @dataclass
@@ -107,18 +108,56 @@ def _as_list(batch: list) -> list:
     return batch
 
 
+def stack_chw(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """``uint8 (H, W, 3)`` images of one size -> one ``uint8 (N, 3, H, W)`` tensor, a planar *view* of
+    the stacked pixels (channels-last strides; nothing reordered yet): :func:`as_float` reorders and
+    converts in one pass."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """``uint8 (N, 3, H, W)`` (any strides) -> contiguous ``float32`` in [0, 1]: the same values as
+    :func:`cellbench.tensors.to_tensor` (``x / 255`` rounded once), in one converting copy and one
+    division (measured 4x faster than converting the interleaved stack and reordering the floats)."""
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    return out.copy_(images).div_(255.0)
+
+
+def as_uint8(images: torch.Tensor, *, overwrite: bool = False) -> np.ndarray:
+    """``float (N, 3, H, W)`` in [0, 1] -> planar ``uint8 (N, 3, H, W)`` (contiguous): the same values
+    as :func:`cellbench.tensors.to_uint8` (clipped, ``round(255 x)`` half to even) without
+    interleaving them: :func:`cellbench.io.write_planes` lets PIL merge the planes (measured 4x
+    faster than a strided copy to ``(N, H, W, 3)``).
+
+    ``overwrite``: ``images`` (a float32 CPU tensor not needed afterwards, e.g. a normalizer's output)
+    serves as the scratch buffer instead of a new one.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected (N, 3, H, W), got {tuple(images.shape)}")
+    t = images.detach()
+    if overwrite and t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous():
+        t = t.clamp_(0.0, 1.0)
+    else:
+        t = t.float().clamp(0.0, 1.0).contiguous()
+    return t.mul_(255.0).round_().to(torch.uint8).cpu().numpy()
+
+
 @dataclass
 class SizeGroups:
-    """A batch of :class:`Decoded` items regrouped by image size: ``groups`` of ``(indices, float
-    (n, 3, H, W) tensor in [0, 1])`` ready for a normalizer, and the ``failed`` ``(path, reason)``."""
+    """A batch of :class:`Decoded` items regrouped by image size: ``groups`` of ``(indices, uint8
+    (n, 3, H, W) tensor)`` (:func:`as_float` makes a normalizer's input of it) and the ``failed``
+    ``(path, reason)``."""
 
     groups: list[tuple[list[int], torch.Tensor]]
     failed: list[tuple[str, str]]
 
 
 def group_by_size(batch: list[Decoded]) -> SizeGroups:
-    """Collate function: stack the images of each size as float tensors (done in the decoding worker,
-    so the main process receives ready batches through shared memory)."""
+    """Collate function: stack the images of each size as ``uint8 (n, 3, H, W)`` tensors (:func:`stack_chw`).
+
+    Kept as bytes: a decoding worker hands a batch to the main process through shared memory, a
+    quarter of the size of float pixels; the conversion to float is one pass over the batch
+    (:func:`as_float`) where it is used."""
     by_size: dict[tuple, list[Decoded]] = {}
     failed = []
     for d in batch:
@@ -126,8 +165,8 @@ def group_by_size(batch: list[Decoded]) -> SizeGroups:
             failed.append((d.path, d.error or "unreadable"))
         else:
             by_size.setdefault(d.image.shape, []).append(d)
-    return SizeGroups([([d.index for d in ds], to_tensor(np.stack([d.image for d in ds])))
-                       for ds in by_size.values()], failed)
+    return SizeGroups([([d.index for d in ds], stack_chw([d.image for d in ds])) for ds in by_size.values()],
+                      failed)
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
@@ -154,6 +193,55 @@ def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
         return False
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # malloc.h
+
+
+def reuse_heap(trim_bytes: int = 256 << 20) -> bool:
+    """Serve every C allocation of this process from the heap, reusing freed blocks, and keep up to
+    ``trim_bytes`` of free memory at its top; True when set (glibc only). For a process that runs
+    the same batch-sized work over and over on one thread (a ``cellbench transform`` worker).
+
+    Above glibc's mmap threshold (at most 32 MB) every allocation is a fresh ``mmap`` whose pages
+    fault in (and are zeroed) on first touch, and a normalizer's batch intermediates are that large
+    (``hm`` on 16 320-px images: 78 MB): measured on one core, ``hm`` spent 13.5 ms per image with
+    the threshold at 1 MiB (2,200 page faults per image) and 9.1 ms with every block reused from the
+    heap (none); ``poly`` 22.5 ms and 13.0 ms. The price is memory: the heap keeps its high-water
+    mark (one batch's intermediates), which a long run does not raise as the work repeats; the
+    ``transform`` benchmark (``benchmarks/transform_scale.py``) watches it. Not for a process that
+    keeps long-lived objects among the temporaries (see :func:`fix_mmap_threshold`).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, int(trim_bytes)))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
+
+
+@contextlib.contextmanager
+def heap_reused(trim_bytes: int = 256 << 20) -> Iterator[bool]:
+    """:func:`reuse_heap` for a block of this process; afterwards allocations are ``mmap``-ed again
+    above the threshold, glibc's trim threshold is back to its default and the free heap is given
+    back to the system (``malloc_trim``). Yields whether the policy was set (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    on = reuse_heap(trim_bytes)
+    try:
+        yield on
+    finally:
+        if on:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
+
+
 def default_workers() -> int:
     """Decoding worker processes: one per usable core but one (the main process transforms), 1..4."""
     try:
@@ -164,13 +252,16 @@ def default_workers() -> int:
 
 
 def file_loader(dataset: Dataset, *, batch_size: int, workers: int | None = None, prefetch: int = 2,
-                indices: Sequence[int] | None = None, collate=_as_list) -> DataLoader:
+                indices: Sequence[int] | None = None, collate=_as_list, worker_init_fn=None,
+                batches: Sequence[Sequence[int]] | None = None) -> DataLoader:
     """A DataLoader yielding lists of ``batch_size`` items of ``dataset`` in order (or what ``collate``
-    makes of each list, e.g. :func:`group_by_size`).
+    makes of each list, e.g. :func:`group_by_size`; the collate runs in the worker).
 
     ``workers`` decoding processes (``None``: :func:`default_workers`; 0 decodes in this
     process), each at most ``prefetch`` batches ahead, so at most ``workers x prefetch`` batches
-    wait in memory. ``indices`` restricts (and orders) the items read.
+    wait in memory. ``indices`` restricts (and orders) the items read; ``batches`` (lists of item
+    indices) gives the batches themselves instead. ``worker_init_fn(worker_id)`` runs first in each
+    worker.
     """
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
@@ -179,8 +270,13 @@ def file_loader(dataset: Dataset, *, batch_size: int, workers: int | None = None
     n = default_workers() if workers is None else int(workers)
     if n < 0:
         raise ConfigError("workers must be 0 or more")
+    kwargs: dict[str, Any] = {"prefetch_factor": prefetch, "worker_init_fn": worker_init_fn} if n > 0 else {}
+    if batches is not None:
+        if indices is not None:
+            raise ConfigError("give indices or batches, not both")
+        return DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=n, collate_fn=collate,
+                          **kwargs)
     sampler = list(range(len(dataset))) if indices is None else list(indices)
-    kwargs: dict[str, Any] = {"prefetch_factor": prefetch} if n > 0 else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=n, collate_fn=collate,
                       **kwargs)
 
@@ -281,7 +377,7 @@ class LazyImages:
 
     @staticmethod
     def _tensor(stack: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(stack).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        return as_float(torch.from_numpy(stack).permute(0, 3, 1, 2))
 
     def _get(self, i: int) -> np.ndarray:
         with self._lock:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.masks import BACKGROUND, CYTOPLASM, GRANULES, NUCLEUS, RED_CELL, WBC_LABELS
-from .image import as_masks, as_pair, ciede2000, rgb_to_lab, single_threaded_torch
+from .image import as_masks, as_pair, chunk_float, ciede2000, rgb_to_lab, single_threaded_torch
 
 __all__ = ["REGIONS", "CHANNELS", "ColourStat", "ColourAccumulator", "colour_stats"]
 
@@ -112,7 +112,7 @@ def colour_stats(
     with single_threaded_torch():  # memory-bound passes: see cellbench.eval.image.single_threaded_torch
         for s in range(0, n, chunk):
             sl = slice(s, min(s + chunk, n))
-            acc.update(sl, rgb_to_lab(p[sl]), rgb_to_lab(t[sl]))
+            acc.update(sl, rgb_to_lab(chunk_float(p[sl])), rgb_to_lab(chunk_float(t[sl])))
     return acc.result(regions)
 
 
@@ -165,13 +165,16 @@ class ColourAccumulator:
         lbl = self.masks[s:e].reshape(e - s, hw).to(torch.long).cpu()
         idx = torch.from_numpy(np.stack([self.rng.choice(hw, size=k, replace=False) for _ in range(e - s)]))
         self.samp_lbl[s:e] = torch.gather(lbl, 1, idx).numpy()
-        onehot = torch.zeros(e - s, _NLAB, hw, dtype=torch.float64)
-        onehot.scatter_(1, lbl.clamp(0, _NLAB - 1).unsqueeze(1), (lbl < _NLAB).to(torch.float64).unsqueeze(1))
-        self.cnt[s:e] = onehot.sum(-1).numpy()
+        # per-label sums by scatter-add over the pixels (label values >= _NLAB go to a spare slot)
+        slot = lbl.clamp(0, _NLAB)  # (n, hw)
+        self.cnt[s:e] = torch.zeros(e - s, _NLAB + 1, dtype=torch.float64).scatter_add_(
+            1, slot, torch.ones(slot.shape, dtype=torch.float64))[:, :_NLAB].numpy()
+        index = slot.unsqueeze(1).expand(-1, 3, -1)  # (n, 3, hw)
         for j, lab_img in enumerate((lab_pred, lab_target)):
             lab = lab_img.detach().to(device="cpu", dtype=torch.float64).reshape(e - s, 3, hw)
-            self.sums[j, s:e] = torch.einsum("nlp,ncp->nlc", onehot, lab).numpy()
-            self.sqs[j, s:e] = torch.einsum("nlp,ncp->nlc", onehot, lab * lab).numpy()
+            for acc, v in ((self.sums, lab), (self.sqs, lab * lab)):
+                acc[j, s:e] = torch.zeros(e - s, 3, _NLAB + 1, dtype=torch.float64).scatter_add_(
+                    2, index, v)[:, :, :_NLAB].permute(0, 2, 1).numpy()
             picked = torch.gather(lab, 2, idx.unsqueeze(1).expand(-1, 3, -1))  # (n, 3, k)
             self.samp_lab[j, s:e] = picked.permute(0, 2, 1).numpy()
 

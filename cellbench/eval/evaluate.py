@@ -94,6 +94,11 @@ def _mean_ci(v: np.ndarray, confidence: float = 0.95) -> tuple[float, float | No
     return mean, mean - half, mean + half, n
 
 
+def _float01(images: torch.Tensor) -> torch.Tensor:
+    """Images as float32 in [0, 1] (uint8 / 255) for the classifier."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
 def _check_outputs(outputs: torch.Tensor, data: PairedSet, method: str) -> torch.Tensor:
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 4 or outputs.shape[1] != 3:
         got = getattr(outputs, "shape", type(outputs).__name__)
@@ -103,6 +108,8 @@ def _check_outputs(outputs: torch.Tensor, data: PairedSet, method: str) -> torch
             f"{method}: outputs {tuple(outputs.shape)} do not match the test targets {tuple(data.y.shape)}; "
             "transform the test set's x (same size and order)"
         )
+    if outputs.dtype == torch.uint8:  # 8-bit outputs (as saved): nothing to check or clip, kept small
+        return outputs.detach().cpu()
     out = outputs.detach().float().cpu()
     if not torch.isfinite(out).all():
         raise ValueError(f"{method}: outputs contain NaN or inf; the method is broken, check its transform")
@@ -390,7 +397,8 @@ def paired_evaluation(
     from .image import image_metrics
 
     out = _check_outputs(outputs, data, method)
-    y = data.y.detach().float().cpu()
+    y = data.y.detach().cpu()
+    y = y if y.dtype == torch.uint8 else y.float()  # uint8 stays 8-bit: the metrics convert chunk by chunk
     labels = list(data.labels)
     if masks is None:
         masks = region_masks(data, seed=seed)
@@ -410,9 +418,9 @@ def paired_evaluation(
 
     classes = list(classes) if classes is not None else list(getattr(classifier, "classes", []) or [])
     if g_pred is None and classifier is not None:
-        g_pred = classifier.predict(out)  # G(x) as evaluated (clipped to [0, 1])
+        g_pred = classifier.predict(_float01(out))  # G(x) as evaluated (clipped to [0, 1])
     if y_pred is None and classifier is not None:
-        y_pred = classifier.predict(data.y)
+        y_pred = classifier.predict(_float01(data.y))
     if g_pred is not None and y_pred is not None:
         recs += agreement_records(run, method, g_pred, y_pred, labels, split=split, role=role)
         values[per_image_key("agreement")] = (_as_np(g_pred) == _as_np(y_pred)).astype(np.float64)
@@ -423,9 +431,9 @@ def paired_evaluation(
         correct[~known] = np.nan
         values[per_image_key("accuracy")] = correct
     if classifier is not None and g_proba is None:
-        g_proba = class_probabilities(classifier, out)
+        g_proba = class_probabilities(classifier, _float01(out))
     if classifier is not None and y_proba is None and g_proba is not None:
-        y_proba = class_probabilities(classifier, y)
+        y_proba = class_probabilities(classifier, _float01(y))
     if g_proba is not None and y_proba is not None and g_pred is not None and y_pred is not None:
         more, v = consistency_records(run, method, g_proba, y_proba, g_pred, y_pred, labels, threshold=confident,
                                       split=split, role=role)

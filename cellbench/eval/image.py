@@ -49,6 +49,7 @@ __all__ = [
     "psnr",
     "ssim",
     "ssim_map",
+    "chunk_float",
     "rgb_to_lab",
     "ciede2000",
     "ciede2000_stats",
@@ -67,11 +68,13 @@ _DTYPE = torch.float64
 # --------------------------------------------------------------------------- inputs
 
 
-def as_images(images: torch.Tensor | np.ndarray, what: str = "images") -> torch.Tensor:
+def as_images(images: torch.Tensor | np.ndarray, what: str = "images", *, keep_uint8: bool = False) -> torch.Tensor:
     """Bring images to a float ``(N, 3, H, W)`` tensor in [0, 1] (CPU tensors stay on CPU).
 
     Accepts a float tensor ``(N, 3, H, W)`` or ``(3, H, W)``, or a numpy array ``(N, H, W, 3)`` /
-    ``(H, W, 3)`` (uint8 is divided by 255; floats are taken as [0, 1]).
+    ``(H, W, 3)`` (uint8 is divided by 255; floats are taken as [0, 1]). With ``keep_uint8`` a
+    uint8 tensor is returned as it is (4-8x smaller; the metrics convert it chunk by chunk with
+    :func:`chunk_float`).
     """
     if isinstance(images, np.ndarray):
         a = images
@@ -95,7 +98,7 @@ def as_images(images: torch.Tensor | np.ndarray, what: str = "images") -> torch.
         raise ValueError(f"{what}: expected shape (N, 3, H, W), got {tuple(images.shape)}")
     if not t.is_floating_point():
         if t.dtype == torch.uint8:
-            return t.to(_DTYPE) / 255.0
+            return t if keep_uint8 else t.to(_DTYPE) / 255.0
         raise ValueError(f"{what}: expected floats in [0, 1] or uint8, got {t.dtype}")
     return t
 
@@ -131,9 +134,19 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(s, min(s + size, n))
 
 
+def chunk_float(images: torch.Tensor) -> torch.Tensor:
+    """A chunk of images as float64 in [0, 1]; uint8 goes through float32 ``k / 255`` first, the
+    values the float32 data sets hold, so a uint8 and a float32 copy of the same images give the
+    same metrics."""
+    if images.dtype == torch.uint8:
+        images = images.to(torch.float32).div_(255.0)
+    return images.to(_DTYPE)
+
+
 def as_pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pred`` and ``target`` as float64 ``(N, 3, H, W)`` batches of one shape (``ValueError`` otherwise)."""
-    p, t = as_images(pred, "pred"), as_images(target, "target")
+    """``pred`` and ``target`` as ``(N, 3, H, W)`` batches of one shape (``ValueError`` otherwise):
+    floats in [0, 1], or uint8 tensors kept as they are (converted per chunk, :func:`chunk_float`)."""
+    p, t = as_images(pred, "pred", keep_uint8=True), as_images(target, "target", keep_uint8=True)
     if p.shape != t.shape:
         raise ValueError(f"pred {tuple(p.shape)} and target {tuple(t.shape)} differ in shape")
     return p, t
@@ -184,8 +197,8 @@ def _ssim_full_map(p: torch.Tensor, t: torch.Tensor, *, data_range: float) -> np
     """
     from scipy import ndimage
 
-    x = t.detach().to(device="cpu", dtype=_DTYPE).numpy()  # x = target (im1), y = pred (im2)
-    y = p.detach().to(device="cpu", dtype=_DTYPE).numpy()
+    x = chunk_float(t.detach().cpu()).numpy()  # x = target (im1), y = pred (im2)
+    y = chunk_float(p.detach().cpu()).numpy()
     stack = np.concatenate([x, y, x * x, y * y, x * y], axis=1)
     sigma = (0, 0, SSIM_SIGMA, SSIM_SIGMA)
     f = ndimage.gaussian_filter(stack, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
@@ -370,7 +383,7 @@ def _metrics(
     want_lab = lab_hook is not None and "ciede" in which
 
     def job(sl: slice):
-        pc, tc = p[sl].to(_DTYPE), t[sl].to(_DTYPE)
+        pc, tc = chunk_float(p[sl]), chunk_float(t[sl])
         masks = [None if reg is None else reg[sl].to(device=pc.device, dtype=torch.bool) for reg in regions]
         return _chunk_metrics(pc, tc, masks, which=which, q=q, data_range=data_range, want_lab=want_lab)
 

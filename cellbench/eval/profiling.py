@@ -30,7 +30,8 @@ measurement is **disturbed** when
 
 * other processes used more than :data:`OTHERS_MARGIN` (0.5) CPU cores on average during the
   measurement: the machine's busy CPU time over the measurement window (``/proc/stat``) minus this
-  process's own CPU time, per wall second (``others_cpu_cores``). Where ``/proc/stat`` cannot be read,
+  process's own CPU time, per wall second (``others_cpu_cores``). Where ``/proc/stat`` cannot be read
+  (or the measurement was shorter than 4 clock ticks per CPU, which ``/proc/stat`` cannot resolve),
   the 1-minute load average before or after is used instead: disturbed when it exceeds the machine's
   CPUs by more than :data:`LOAD_MARGIN` (0.5). (The load average lags by about a minute and counts
   the measuring threads themselves, so right after ``run-all``'s parallel stages it reads high on a
@@ -62,7 +63,8 @@ from ..threads import usable_cores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["profile_normalizer", "profile_function", "format_profile", "disturbance", "speed_conditions",
+__all__ = ["profile_normalizer", "profile_function", "choose_engine", "ENGINE_MAX_DE", "ENGINE_FP32_TOL",
+           "format_profile", "disturbance", "speed_conditions",
            "LOAD_MARGIN", "OTHERS_MARGIN", "MAX_SPREAD", "MIN_SPREAD_ROUNDS", "MIN_CPU_PER_WALL"]
 
 #: Disturbed: the 1-minute load average exceeded the machine's CPUs by more than this (module docstring).
@@ -258,8 +260,14 @@ def profile_function(
     load_end = _loadavg()
     busy_end, own_end, wall_end = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
     others = None
-    if busy_start is not None and busy_end is not None and wall_end > wall_start:
+    cpus = os.cpu_count() or 1
+    # /proc/stat counts clock ticks (10 ms) per CPU: over a window of W seconds the busy time is known to
+    # about cpus * tick / W cores, so a window shorter than 4 ticks per CPU says nothing (None: the load
+    # average decides instead); the figure cannot exceed the machine's CPUs
+    min_window = 4.0 * cpus / float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 0.1
+    if busy_start is not None and busy_end is not None and wall_end - wall_start >= min_window:
         others = max(0.0, (busy_end - busy_start) - (own_end - own_start)) / (wall_end - wall_start)
+        others = min(others, float(cpus))
     peak_mb = max(peaks.values())
     lat = np.asarray(timings[1]) * 1000.0
     thr = {b: b / float(np.median(ts)) for b, ts in timings.items() if ts}
@@ -421,3 +429,94 @@ def profile_normalizer(
     )
     out["method"] = getattr(normalizer, "name", type(normalizer).__name__)
     return out
+
+
+#: Reduced-precision engines must stay within this mean CIEDE2000 of the fp32 (eager) output (issue #17).
+ENGINE_MAX_DE = 0.5
+#: fp32 engines must stay within this max absolute difference of eager (issue #17).
+ENGINE_FP32_TOL = 1e-3
+
+
+def choose_engine(
+    normalizer,
+    images: torch.Tensor,
+    *,
+    candidates: Sequence[str],
+    masks: torch.Tensor | None = None,
+    max_de: float = ENGINE_MAX_DE,
+    fp32_tol: float = ENGINE_FP32_TOL,
+    threads: int | None = None,
+    rounds: int = 5,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The fastest inference engine of a ccGAN/pcNet normalizer that keeps its output (issue #17).
+
+    Every engine of ``candidates`` (:data:`cellbench.nets.engines.ENGINES`) transforms ``images``
+    (test inputs, ``(N, 3, H, W)`` in [0, 1]); its output is compared with eager fp32's: fp32
+    engines must agree to ``fp32_tol`` (max absolute difference), reduced-precision ones (bf16, int8)
+    to ``max_de`` mean CIEDE2000 (inside the WBC when ``masks`` (``(N, H, W)`` label maps) are given,
+    else over the whole image). The engines that pass are timed at batch size 1 (median of
+    ``rounds`` calls after a warm-up, all engines round by round, so machine load hits them alike)
+    and the fastest is switched on (:func:`cellbench.nets.engines.with_engine`) and returned with
+    one row per candidate: ``engine``, ``max_abs_diff``, ``ciede2000_mean``, ``ok``,
+    ``latency_ms``, ``reason`` (why an engine was skipped or rejected). A normalizer without
+    networks (or not on the CPU) gets ``"eager"`` and no rows.
+    """
+    from ..errors import ConfigError
+    from ..nets.engines import FP32_ENGINES, engine_available, with_engine
+    from .image import ciede2000_stats, region_mask
+
+    if masks is not None and masks.dtype != torch.bool:  # label maps: the WBC region
+        masks = region_mask(masks)
+    gen = getattr(normalizer, "G_xy", None)
+    if gen is None or next(gen.parameters()).device.type != "cpu":
+        return "eager", []
+    with_engine(normalizer, "eager")
+    with torch.inference_mode():
+        ref = normalizer.transform(images).float()
+    rows: list[dict[str, Any]] = []
+    passing: dict[str, Any] = {}
+    for name in dict.fromkeys(["eager", *candidates]):
+        row: dict[str, Any] = {"engine": name, "max_abs_diff": None, "ciede2000_mean": None, "ok": False,
+                               "latency_ms": None, "reason": engine_available(name)}
+        rows.append(row)
+        if row["reason"]:
+            continue
+        try:
+            with_engine(normalizer, name, threads=threads, calibration=images if name == "int8" else None)
+            with torch.inference_mode():
+                out = normalizer.transform(images).float()
+        except (ConfigError, RuntimeError, ImportError) as exc:
+            row["reason"] = f"{type(exc).__name__}: {exc}"
+            continue
+        row["max_abs_diff"] = float((out - ref).abs().max())
+        de = ciede2000_stats(out, ref, masks=masks)["mean"]
+        row["ciede2000_mean"] = float(np.nanmean(de)) if np.isfinite(de).any() else float("nan")
+        if name in FP32_ENGINES:
+            row["ok"] = row["max_abs_diff"] <= fp32_tol
+            if not row["ok"]:
+                row["reason"] = f"max difference {row['max_abs_diff']:.2g} > {fp32_tol:g} (fp32 engine)"
+        else:
+            row["ok"] = bool(row["ciede2000_mean"] <= max_de)
+            if not row["ok"]:
+                row["reason"] = f"mean CIEDE2000 {row['ciede2000_mean']:.3f} > {max_de:g} of fp32"
+        if row["ok"]:
+            passing[name] = normalizer.inference_engine
+    one = images[:1]
+    times: dict[str, list[float]] = {n: [] for n in passing}
+    with torch.inference_mode():
+        for fn in passing.values():  # warm-up (oneDNN primitive creation)
+            normalizer.inference_engine = fn
+            normalizer.transform(one)
+        for _ in range(max(1, rounds)):
+            for name, fn in passing.items():
+                normalizer.inference_engine = fn
+                t0 = time.perf_counter()
+                normalizer.transform(one)
+                times[name].append(time.perf_counter() - t0)
+    for row in rows:
+        if row["engine"] in times:
+            row["latency_ms"] = float(np.median(times[row["engine"]]) * 1000.0)
+    best = min(times, key=lambda n: np.median(times[n]))
+    normalizer.inference_engine = passing[best]
+    normalizer.engine_name = best
+    return best, rows

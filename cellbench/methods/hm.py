@@ -49,6 +49,22 @@ log = logging.getLogger(__name__)
 
 _EPS = 1e-3
 _K = len(REGIONS)
+#: A streamed training set (:class:`cellbench.data.stream.LazyImages`) fits the colour segmenters on a
+#: seeded sample of at most this many images (0.4 GB as float at 256 px); a set of at most that many
+#: is read whole, as in memory (the same fit). The moment passes read every image, a batch at a time.
+SEGMENTER_IMAGES = 512
+
+
+def _segmenter_images(images, seed: int) -> torch.Tensor:
+    """``images`` as a tensor for :meth:`ColourSegmenter.fit`: in-memory images as they are; a streamed
+    set whole when it has at most :data:`SEGMENTER_IMAGES`, else a seeded sample of that many."""
+    if not hasattr(images, "batches"):
+        return images
+    n = len(images)
+    if n <= SEGMENTER_IMAGES:
+        return images[:]
+    g = torch.Generator().manual_seed(seed)
+    return images[torch.randperm(n, generator=g)[:SEGMENTER_IMAGES].sort().values]
 
 
 def _sym_sqrt(m: torch.Tensor, inverse: bool = False) -> torch.Tensor:
@@ -154,7 +170,8 @@ class HMNormalizer(Normalizer):
             raise ConfigError(f"hm: cannot fit on {type(data).__name__}; pass a PairedSet or UnpairedSet")
         if len(x_imgs) == 0 or len(y_imgs) == 0:
             raise ConfigError("hm: the training split is empty")
-        self.segmenter = ColourSegmenter(work_size=self.params["work_size"]).fit(x_imgs, seed=seed)
+        self.segmenter = ColourSegmenter(work_size=self.params["work_size"]).fit(_segmenter_images(x_imgs, seed),
+                                                                                  seed=seed)
         bgs = [background_colour(downsample(y_imgs[s:s + batch_size].float(), self.params["work_size"]),
                                  quantile=self.segmenter.bg_quantile) for s in range(0, len(y_imgs), batch_size)]
         self.target_bg = torch.cat(bgs).mean(0).float()
@@ -165,7 +182,8 @@ class HMNormalizer(Normalizer):
         if self.params["mode"] == "paired":
             self._fit_paired(x_imgs, y_imgs, g, batch_size)
         else:
-            seg_y = ColourSegmenter(work_size=self.params["work_size"]).fit(y_imgs, seed=seed + 1)
+            seg_y = ColourSegmenter(work_size=self.params["work_size"]).fit(_segmenter_images(y_imgs, seed + 1),
+                                                                            seed=seed + 1)
             self._fit_unpaired(x_imgs, y_imgs, seg_y, g, batch_size)
         self.fitted = True
         return self

@@ -10,11 +10,36 @@ from ..data.sets import PairedSet, UnpairedSet
 from ..errors import ConfigError
 from .base import Normalizer, register_normalizer
 
+#: A streamed training set is sampled to at most this many image pairs before its pixels are
+#: (seeded; 256 pairs at 256 px are 16.8 M candidate pixels for affine's 2 M and poly's 1 M).
+SAMPLE_IMAGES = 256
+
+
+def _image_sample(data: PairedSet, n: int, seed: int) -> PairedSet:
+    """At most ``n`` pairs of ``data`` (a seeded choice, in index order), as in-memory float tensors."""
+    import numpy as np
+
+    idx = np.arange(len(data))
+    if len(idx) > n:
+        idx = np.sort(np.random.default_rng(seed).choice(len(idx), size=n, replace=False))
+    t = torch.as_tensor(idx, dtype=torch.long)
+    return PairedSet(data.x[t], data.y[t], [data.labels[i] for i in idx], [data.ids[i] for i in idx])
+
 
 def sample_pixels(
     data: PairedSet, max_pixels: int, seed: int, region_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random sample of corresponding pixels ``(P, 3)`` from ``data.x`` and ``data.y``."""
+    """Seeded random sample of corresponding pixels ``(P, 3)`` from ``data.x`` and ``data.y``.
+
+    A streamed training set (images read on demand, :class:`cellbench.data.stream.LazyImages`) is
+    first narrowed to a seeded sample of at most :data:`SAMPLE_IMAGES` pairs, read once; the pixels
+    are then drawn among them as from in-memory images (a set of at most that many pairs gives the
+    same sample as in memory). In-memory tensors are sampled as they always were.
+    """
+    if hasattr(data.x, "batches") or hasattr(data.y, "batches"):
+        data = _image_sample(data, SAMPLE_IMAGES, seed)
+        if region_mask is not None:
+            raise ConfigError("a region mask cannot be combined with a streamed training set")
     x = data.x.permute(0, 2, 3, 1).reshape(-1, 3)
     y = data.y.permute(0, 2, 3, 1).reshape(-1, 3)
     idx = torch.arange(x.shape[0]) if region_mask is None else region_mask.reshape(-1).nonzero().squeeze(1)

@@ -424,6 +424,18 @@ def speed_table(records: Sequence[Record], methods: Sequence[str]) -> Table:
             key = f"{r.method} ({e.get('device', '?')})"
             disturbed[key] = list(dict.fromkeys(disturbed.get(key, []) + reasons))
     table.caption = "Speed and cost; warm-up runs excluded." + (f" Devices: {'; '.join(env)}." if env else "")
+    # the CPU inference engine each network was profiled with (run-all's speed stage picks the fastest
+    # within the quality bound: cellbench.eval.profiling.choose_engine)
+    chosen: dict[str, str] = {}
+    for r in recs:
+        e = r.extra if isinstance(r.extra, dict) else {}
+        if e.get("engine") and r.method not in chosen:
+            rows = {row.get("engine"): row for row in e.get("engines") or [] if isinstance(row, dict)}
+            de = (rows.get(e["engine"]) or {}).get("ciede2000_mean")
+            said = f" (mean CIEDE2000 {de:.3f} to fp32)" if isinstance(de, float) else ""
+            chosen[r.method] = str(e["engine"]) + said
+    if chosen:
+        table.caption += " CPU engine: " + "; ".join(f"{m} {e}" for m, e in chosen.items()) + "."
     if disturbed:
         table.caption += (" ⚠ disturbed measurement, not to be trusted: "
                           + "; ".join(f"{m}: {', '.join(rs)}" for m, rs in disturbed.items())

@@ -2,8 +2,10 @@
 
 The simulator's scenes (:mod:`cellbench.sim.scene`) draw cell sizes, nucleus shapes, textures,
 granules, red-cell packing and platelets from distributions *measured* on real images, kept as a
-versioned data file (``cellbench/sim/params/morphology-pbc-v1.json``, measured from the PBC DM96
-images with ``cellbench simulate measure --real DIR --out FILE``), not as constants in code.
+versioned data file (``cellbench/sim/params/morphology-pbc-v2.json``, measured from the PBC DM96
+images with ``cellbench simulate measure --real DIR --out FILE``), not as constants in code. Its
+``derived`` section (version 2) holds the scene generator's rendering corrections with their
+provenance (:func:`packaged_derived`).
 
 Measurement (per image, centre crop of ``size`` px, the classifier's view)
 --------------------------------------------------------------------------
@@ -61,7 +63,10 @@ from ..errors import ConfigError, DatasetError
 
 __all__ = [
     "DEFAULT_MORPHOLOGY",
+    "DERIVED_CLASS",
+    "DERIVED_GLOBAL",
     "MORPHOLOGY_VERSION",
+    "packaged_derived",
     "measure_folder",
     "measure_images",
     "measure_image",
@@ -71,9 +76,19 @@ __all__ = [
     "summarize",
 ]
 
-MORPHOLOGY_VERSION = 1
+#: Version 2 added the ``derived`` section (the scene generator's rendering corrections); a
+#: version-1 file (measurements only) is still read, with the packaged corrections.
+MORPHOLOGY_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 #: The packaged parameters, measured from the PBC DM96 images (docs/simulator.md).
-DEFAULT_MORPHOLOGY = Path(__file__).resolve().parent / "params" / "morphology-pbc-v1.json"
+DEFAULT_MORPHOLOGY = Path(__file__).resolve().parent / "params" / "morphology-pbc-v2.json"
+
+#: Rendering corrections the scene generator reads from the ``derived`` section, global and per
+#: white-cell class (:mod:`cellbench.sim.scene`; each one's provenance is in ``derived.how``).
+DERIVED_GLOBAL = ("nuc_area_gain", "chrom_gain", "solid_solidity", "cyt_tex_coarse", "cyt_tex_fine",
+                  "cyt_cv_gain", "cyt_cv_max", "pallor_gain", "rbc_min_separation", "vacuole_baseline",
+                  "plt_r_gain")
+DERIVED_CLASS = ("nuc_of_dense", "area_gain", "chrom_gain", "gran_r", "gran_cover")
 
 #: Scalar features of a white-cell class, and of every image (field).
 WBC_FEATURES = (
@@ -454,7 +469,30 @@ def measure_folder(folder: str | os.PathLike, *, limit_per_class: int | None = N
         },
         "method": "cellbench.sim.morphology.measure_folder (ColourSegmenter at full resolution; see module doc)",
         "classes": summarize(rows),
+        "derived": packaged_derived(),
     }
+
+
+def packaged_derived() -> dict:
+    """The ``derived`` section of the packaged file: the scene generator's rendering corrections.
+
+    They relate what the simulator draws to what the measurement returns on its rendered images
+    (closure: measuring simulated scenes with :func:`measure_images` must give back the real
+    figures, ``benchmarks/sim_realism.py``), or were chosen against real montages and the realism
+    check (``cellbench simulate validate``); each entry's provenance is in ``derived.how``. They
+    belong to the renderer, not to a folder, so :func:`measure_folder` writes them unchanged into
+    every new file (a file for another microscope keeps the same corrections).
+    """
+    try:
+        data = json.loads(DEFAULT_MORPHOLOGY.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{DEFAULT_MORPHOLOGY}: packaged morphology file unreadable ({exc}); reinstall "
+                          "cellbench") from None
+    d = data.get("derived")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{DEFAULT_MORPHOLOGY}: packaged morphology file has no 'derived' section; reinstall "
+                          "cellbench")
+    return json.loads(json.dumps(d))
 
 
 def save_morphology(params: dict, path: str | os.PathLike) -> None:
@@ -476,8 +514,8 @@ def _check(params: dict, source: str) -> dict:
 
     if not isinstance(params, dict):
         raise bad("not a JSON object")
-    if params.get("version") != MORPHOLOGY_VERSION:
-        raise bad(f"'version' must be {MORPHOLOGY_VERSION}, got {params.get('version')!r}")
+    if params.get("version") not in READABLE_VERSIONS:
+        raise bad(f"'version' must be one of {READABLE_VERSIONS}, got {params.get('version')!r}")
     classes = params.get("classes")
     if not isinstance(classes, dict) or not classes:
         raise bad("missing key 'classes' (an object with one entry per class)")
@@ -491,7 +529,40 @@ def _check(params: dict, source: str) -> dict:
                 isinstance(s.get(q), int | float) and math.isfinite(s.get(q)) for q in ("mean", "sd")
             ):
                 raise bad(f"class {cls!r}: missing or bad key {k!r} (needs numbers 'mean' and 'sd')")
+    if params["version"] >= 2:
+        _check_derived(params.get("derived"), bad)
     return params
+
+
+def _check_derived(d, bad) -> None:
+    """``derived``: ``global`` (every name of :data:`DERIVED_GLOBAL`), ``classes`` (per white-cell
+    class, names of :data:`DERIVED_CLASS`), ``how`` (name -> provenance text); finite numbers or
+    lists of them."""
+
+    def num(v) -> bool:
+        if isinstance(v, list):
+            return bool(v) and all(num(x) for x in v)
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(d, dict):
+        raise bad("missing key 'derived' (version 2: the scene generator's rendering corrections)")
+    g, c, how = d.get("global"), d.get("classes"), d.get("how")
+    if not isinstance(g, dict) or not isinstance(c, dict) or not isinstance(how, dict):
+        raise bad("'derived' needs objects 'global', 'classes' and 'how'")
+    for k in DERIVED_GLOBAL:
+        if not num(g.get(k)):
+            raise bad(f"'derived.global.{k}' missing or not a finite number")
+        if not isinstance(how.get(k), str):
+            raise bad(f"'derived.how.{k}' missing (where the value comes from)")
+    for cls, entry in c.items():
+        if cls not in CLASSES or not isinstance(entry, dict):
+            raise bad(f"'derived.classes': unknown class {cls!r} or not an object")
+        for k, v in entry.items():
+            if k not in DERIVED_CLASS or not num(v):
+                raise bad(f"'derived.classes.{cls}.{k}': unknown name or not a finite number "
+                          f"(known: {', '.join(DERIVED_CLASS)})")
+            if not isinstance(how.get(k), str):
+                raise bad(f"'derived.how.{k}' missing (where the value comes from)")
 
 
 def load_morphology(path: str | os.PathLike | None = None) -> dict:
@@ -512,4 +583,7 @@ def load_morphology(path: str | os.PathLike | None = None) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{p}: not valid JSON ({exc}); re-measure it with `cellbench simulate measure`") from None
-    return _check(data, str(p))
+    data = _check(data, str(p))
+    if data["version"] < 2:  # measurements only: the packaged rendering corrections
+        data = dict(data, derived=packaged_derived())
+    return data

@@ -14,16 +14,19 @@ different contrast (see :func:`cellbench.sim.system.render`).
 The ground-truth mask (labels of :mod:`cellbench.data.masks`) comes from the same geometry.
 
 Morphology is drawn from distributions **measured on real images**
-(:mod:`cellbench.sim.morphology`; the packaged ``params/morphology-pbc-v1.json`` was measured on the
+(:mod:`cellbench.sim.morphology`; the packaged ``params/morphology-pbc-v2.json`` was measured on the
 PBC DM96 train split): cell area, nucleus/cell ratio and offset, lobe count (separate lobes joined by
 strands, touching lobes, or band forms), eccentricity and indentation (kidney / folded nuclei),
 chromatin texture amplitude, per-cell cytoplasm amount, vacuoles, red-cell size and packing, field
 platelets and, in the platelet class, the central platelet's size and single/clumped form. Each
 quantity is drawn through its measured quantiles (:func:`_quantile_sample`), so intra-class spread
-and inter-class overlap are the measured ones. Region colours (``STAINS``, ``_CLASS``) are the
-colour calibration against PBC (docs/simulator.md). Lab variation: every scene lies on a
-:class:`Slide` (staining concentrations, time and buffer pH, smear thickness, focus), shared by
-all items of that slide and by both images of a pair (:mod:`cellbench.sim.pairs`).
+and inter-class overlap are the measured ones. The rendering corrections (what the scene draws per
+unit of what the measurement returns, granule size and cover, red-cell pallor depth and spacing)
+are data too: the file's ``derived`` section, with each value's provenance (:func:`_corrections`).
+Region colours (``STAINS``, ``_CLASS``) are the colour calibration against PBC (docs/simulator.md).
+Lab variation: every scene lies on a :class:`Slide` (staining concentrations, time and buffer pH,
+smear thickness, focus), shared by all items of that slide and by both images of a pair
+(:mod:`cellbench.sim.pairs`).
 """
 
 from __future__ import annotations
@@ -59,9 +62,10 @@ STAINS: dict[str, np.ndarray] = {
     "platelet_hyalomere": _c(eo=0.06, mb=0.12, azb=0.08, aze=0.10),
 }
 
-# Per class: cell radius (mean, sd) px; nucleus kind and relative size; cytoplasm, nucleus and
-# granule stains; granule radius px and packing (fraction of cytoplasm covered); chromatin texture
-# (fine-scale contrast, clumping); vacuoles.
+# Per class: cell radius (mean, sd) px (used when the morphology file lacks ``cell_area``); nucleus
+# kind and relative size; cytoplasm, nucleus and granule stains (colour calibration); defaults of
+# chromatin texture (fine, clumping); vacuoles. Granule size and cover, and the class's rendering
+# corrections, come from the morphology file's ``derived`` section (:func:`_corrections`).
 _CLASS: dict[str, dict] = {
     "neutrophil": dict(
         radius=(62, 4),
@@ -70,10 +74,7 @@ _CLASS: dict[str, dict] = {
         cyt=_c(eo=0.202, mb=0.097, azb=0.135, aze=0.178, hb=0.212),
         nuc=_c(eo=0.447, mb=0.255, azb=0.451, aze=1.091, hb=0.430),
         gran=_c(eo=0.02, azb=0.06, aze=0.16),
-        gran_r=1.3,
-        gran_cover=0.35,
         chrom=(0.35, 0.5),
-        chrom_gain=(0.94, 1.04),
     ),
     "eosinophil": dict(
         radius=(66, 4),
@@ -82,10 +83,7 @@ _CLASS: dict[str, dict] = {
         cyt=_c(eo=0.072, mb=0.182, azb=0.231, aze=0.137, hb=0.252),
         nuc=_c(eo=0.369, mb=0.211, azb=0.377, aze=0.929, hb=0.384),
         gran=_c(eo=0.75, azb=0.02, aze=0.10, mb=0.01),
-        gran_r=2.4,
-        gran_cover=1.1,
         chrom=(0.35, 0.5),
-        chrom_gain=(1.68, 1.24),
     ),
     "basophil": dict(
         radius=(58, 4),
@@ -94,15 +92,8 @@ _CLASS: dict[str, dict] = {
         cyt=_c(eo=0.206, aze=0.053, hb=0.160),
         nuc=_c(eo=0.233, mb=0.129, azb=0.241, aze=0.680, hb=0.308),
         gran=_c(eo=0.04, mb=0.16, azb=0.36, aze=0.88),
-        gran_r=2.6,
-        gran_cover=0.55,
         chrom=(0.3, 0.4),
         gran_over_nucleus=True,
-        # closure (benchmarks/sim_realism.py): the measured dense region of a basophil is nucleus
-        # plus the granules over it, and its hull takes in granules beyond the rim
-        nuc_of_dense=0.7,
-        area_gain=0.8,
-        chrom_gain=(0.67, 0.6),
     ),
     "lymphocyte": dict(
         radius=(46, 6),
@@ -112,8 +103,6 @@ _CLASS: dict[str, dict] = {
         nuc=_c(eo=0.389, mb=0.215, azb=0.401, aze=1.133, hb=0.513),
         gran=None,
         chrom=(0.3, 0.7),
-        area_gain=0.8,
-        chrom_gain=(0.71, 0.81),
     ),
     "monocyte": dict(
         radius=(80, 6),
@@ -122,11 +111,8 @@ _CLASS: dict[str, dict] = {
         cyt=_c(eo=0.245, mb=0.240, azb=0.262, aze=0.397, hb=0.179),
         nuc=_c(eo=0.400, mb=0.157, azb=0.300, aze=0.898, hb=0.330),
         gran=_c(azb=0.04, aze=0.10),
-        gran_r=1.2,
-        gran_cover=0.15,
         chrom=(0.5, 0.3),
         vacuoles=(1, 6),
-        chrom_gain=(1.57, 1.15),
     ),
     "ig": dict(
         radius=(70, 6),
@@ -135,18 +121,13 @@ _CLASS: dict[str, dict] = {
         cyt=_c(eo=0.261, mb=0.191, azb=0.223, aze=0.351, hb=0.211),
         nuc=_c(eo=0.395, mb=0.214, azb=0.380, aze=0.939, hb=0.382),
         gran=_c(eo=0.02, azb=0.15, aze=0.35),
-        gran_r=1.8,
-        gran_cover=0.30,
         chrom=(0.25, 0.3),
-        chrom_gain=(1.48, 1.12),
     ),
     "erythroblast": dict(
         radius=(48, 6),
         nucleus="round",
         nuc_size=0.55,
         cyt=_c(eo=0.276, mb=0.470, azb=0.378, aze=0.126, hb=0.25),
-        nuc_of_dense=0.8,
-        chrom_gain=(0.79, 0.97),
         nuc=_c(eo=0.309, mb=0.263, azb=0.472, aze=1.295, hb=0.648),
         gran=None,
         chrom=(0.3, 0.8),
@@ -298,11 +279,20 @@ def _quantile_sample(stats: dict | None, rng: np.random.Generator, default: floa
     return float(np.clip(v, lo, hi))
 
 
+def _corrections(morph: dict, cls: str) -> tuple[dict, dict]:
+    """The rendering corrections (global, this class's) of the morphology file's ``derived`` section
+    (:data:`cellbench.sim.morphology.DERIVED_GLOBAL` / ``DERIVED_CLASS``; provenance in
+    ``derived.how``); the packaged ones when ``morph`` has none (a hand-built dictionary)."""
+    d = morph.get("derived") or _default_morphology()["derived"]
+    return d["global"], d["classes"].get(cls, {})
+
+
 def _mean(stats: dict | None, default: float) -> float:
     return float(stats["mean"]) if stats and "mean" in stats else default
 
 
 # -- lab variation -----------------------------------------------------------------------------
+
 
 #: Items per slide: item ``i`` of a data set lies on slide ``i // ITEMS_PER_SLIDE`` (pairs.py).
 ITEMS_PER_SLIDE = 40
@@ -343,12 +333,12 @@ class Slide:
 
 
 def _red_cells(rng, size, layer0, mask, keep_out, *, cover: float, diameter: float, pallor_depth: float,
-               hb: float = 1.0):
+               hb: float = 1.0, min_separation: float = 0.7):
     """Biconcave red cells with central pallor, packed until they cover the measured fraction.
 
     Cells are dropped at random positions (a red cell rarely lies more than a little over another
-    in a smear's monolayer: a new cell whose centre is closer than ``0.7 (r_i + r_j)`` to another's is
-    rejected) until the disc cover of the field outside the white cell reaches ``cover`` (the
+    in a smear's monolayer: a new cell whose centre is closer than ``min_separation (r_i + r_j)`` to
+    another's is rejected) until the disc cover of the field outside the white cell reaches ``cover`` (the
     measured packing) or no place is left.
     """
     ext = 40
@@ -369,7 +359,7 @@ def _red_cells(rng, size, layer0, mask, keep_out, *, cover: float, diameter: flo
         r = max(0.6 * r0, rng.normal(r0, 0.07 * r0))
         if keep_out is not None and math.hypot(cy - keep_out[0], cx - keep_out[1]) < keep_out[2] + 0.5 * r:
             continue
-        if any(math.hypot(cy - y, cx - x) < 0.7 * (r + q) for y, x, q in centres):
+        if any(math.hypot(cy - y, cx - x) < min_separation * (r + q) for y, x, q in centres):
             continue
         centres.append((cy, cx, r))
         covered |= np.hypot(gy - cy, gx - cx) < r
@@ -458,19 +448,16 @@ def _band(rng, size, nucl, cy, cx, rc, area, width):
         _paint_max(nucl, _blob(size, cy + arc_r * math.sin(t), cx + arc_r * math.cos(t), w, rng, 0.03))
 
 
-#: Solidity the measurement gives an undented simulated nucleus (wobbly ellipse, segmentation
-#: noise): only the measured shortfall below it is cut out as an indentation.
-_SOLID_SOLIDITY = 0.95
 
 
-def _solid(rng, size, nucl, ny, nx, area, ecc, solidity, t):
+def _solid(rng, size, nucl, ny, nx, area, ecc, solidity, t, *, solid_solidity: float = 0.95):
     """An ellipse of ``area`` and eccentricity, indented (kidney / folded) down to ``solidity``."""
     asp = _aspect(ecc)
     rn = _ellipse_r(area / max(solidity, 0.5), asp)
     ang = rng.uniform(0, math.pi)
     b = _blob(size, ny, nx, rn, rng, 0.05, asp, ang)
     _paint_max(nucl, b)
-    dent_frac = _SOLID_SOLIDITY - solidity
+    dent_frac = solid_solidity - solidity
     if dent_frac > 0.04:
         # a disc cut from the rim removes about dent_frac of the area
         rd = rn / math.sqrt(asp) * math.sqrt(dent_frac * 1.5)
@@ -481,11 +468,11 @@ def _solid(rng, size, nucl, ny, nx, area, ecc, solidity, t):
             nucl[dent[0]] *= 1 - dent[1]
 
 
-def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area):
+def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area, g: dict):
     """Nucleus coverage ``(H, W)`` drawn from the class's measured shape distributions ``m``."""
     nucl = np.zeros((size, size), np.float32)
     nc = _quantile_sample(m.get("nc_ratio"), rng, 0.5, 0.12, 0.92)
-    area = min(nc * NUC_AREA_GAIN, 0.92) * cell_area
+    area = min(nc * g["nuc_area_gain"], 0.92) * cell_area
     hist = m.get("lobe_hist") or {"1": 1.0}
     ks = np.array([int(k) for k in hist])
     pk = np.array([float(v) for v in hist.values()])
@@ -510,19 +497,10 @@ def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area):
         if off + rmax > 0.97 * rc:
             f = max(0.0, 0.97 * rc - rmax) / max(off, 1e-6)
             ny, nx = cy + (ny - cy) * f, cx + (nx - cx) * f
-        _solid(rng, size, nucl, ny, nx, area, ecc, sol, t)
+        _solid(rng, size, nucl, ny, nx, area, ecc, sol, t, solid_solidity=g["solid_solidity"])
     return nucl
 
 
-#: Drawn nucleus area per measured area (lobes overlap, indentations cut, anti-aliased edges):
-#: set so that measuring rendered scenes gives back the measured nucleus/cell ratio
-#: (benchmarks/sim_realism.py).
-NUC_AREA_GAIN = 1.15
-
-#: Calibration of texture amplitudes: scene noise amplitude per unit of measured image CV
-#: (rendering blurs and Beer-Lambert compresses); set by measuring rendered scenes with the same
-#: code (benchmarks/sim_realism.py), docs/simulator.md.
-CHROM_GAIN = (0.8, 0.9)
 
 
 def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Slide | None = None,
@@ -545,6 +523,7 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     """
     morph = morphology if morphology is not None else _default_morphology()
     m = morph["classes"].get(cls, {})
+    g, c = _corrections(morph, cls)
     if slide is None:
         slide = Slide.draw(rng)
     stain = slide.stain
@@ -559,7 +538,8 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     rbc = dict(
         cover=cover,
         diameter=_mean(m.get("rbc_diameter"), 72.0),
-        pallor_depth=float(np.clip(1.0 - _mean(m.get("rbc_pallor"), 0.9), 0.1, 0.8)) * 4.0,
+        pallor_depth=float(np.clip(1.0 - _mean(m.get("rbc_pallor"), 0.9), 0.1, 0.8)) * g["pallor_gain"],
+        min_separation=g["rbc_min_separation"],
         hb=float(stain[4]),
     )
     rbc["pallor_depth"] = float(np.clip(rbc["pallor_depth"], 0.2, 0.75))
@@ -572,16 +552,16 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
         if rng.uniform() < float(m.get("clumped_fraction", 0.3)):  # a clump of several platelets
             k = int(rng.integers(2, 6))
             for _ in range(k):
-                r = _PLT_R_GAIN * math.sqrt(area / k / math.pi) * rng.uniform(0.8, 1.2)
+                r = g["plt_r_gain"] * math.sqrt(area / k / math.pi) * rng.uniform(0.8, 1.2)
                 d = math.sqrt(area / math.pi) * rng.uniform(0.0, 0.7)
                 a = rng.uniform(0, 2 * math.pi)
                 _platelet(rng, size, cy + d * math.sin(a), cx + d * math.cos(a), r, layer0, mask, 0.8, 0.8)
         else:  # single (large areas: giant platelets)
-            _platelet(rng, size, cy, cx, _PLT_R_GAIN * math.sqrt(area / math.pi), layer0, mask, 0.8, 0.8)
+            _platelet(rng, size, cy, cx, g["plt_r_gain"] * math.sqrt(area / math.pi), layer0, mask, 0.8, 0.8)
         empty = (np.zeros(5, np.float32), np.zeros((size, size), np.float32))
         return Scene([layer0 * stain[:, None, None], empty, empty], depths, mask, cls)
     p = _CLASS[cls]
-    cell_area = p.get("area_gain", 1.0) * _quantile_sample(
+    cell_area = c.get("area_gain", 1.0) * _quantile_sample(
         m.get("cell_area"), rng, math.pi * p["radius"][0] ** 2, 2500.0, 40000.0
     )
     asp_c = rng.uniform(1.0, 1.1)
@@ -595,14 +575,17 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     cell_a[sl] = a
     dome = np.zeros((size, size), np.float32)
     dome[sl] = a * (1.0 - 0.35 * np.clip(rho, 0, 1) ** 2)
-    nucl = _nucleus(rng, size, m, cy, cx, rc, cell_area * p.get("nuc_of_dense", 1.0)) * cell_a
+    nucl = _nucleus(rng, size, m, cy, cx, rc, cell_area * c.get("nuc_of_dense", 1.0), g) * cell_a
     fine = _smooth_noise(rng, size, 1.2)
     coarse = _smooth_noise(rng, size, 3.5)
     # per-cell cytoplasm amount: the measured between-cell spread of cytoplasm density
+    # (log-normal, sigma ``cyt_cv_gain`` x the measured coefficient of variation, at most ``cyt_cv_max``)
     cyt_s = m.get("cyt_od")
-    cyt_scale = float(np.exp(rng.normal(0, min(0.35, cyt_s["sd"] / max(cyt_s["mean"], 1e-3)) * 0.5))) if cyt_s else 1.0
-    cyt_amount = dome * (1 - 0.75 * nucl) * np.clip(1 + 0.4 * coarse + 0.3 * fine, 0.2, 2.0) * cyt_scale
-    n_vac = rng.poisson(max(0.0, _mean(m.get("vacuoles"), 0.0) - _VACUOLE_BASELINE))
+    cyt_sigma = g["cyt_cv_gain"] * min(g["cyt_cv_max"], cyt_s["sd"] / max(cyt_s["mean"], 1e-3)) if cyt_s else 0.0
+    cyt_scale = float(np.exp(rng.normal(0, cyt_sigma))) if cyt_s else 1.0
+    cyt_amount = dome * (1 - 0.75 * nucl) * np.clip(
+        1 + g["cyt_tex_coarse"] * coarse + g["cyt_tex_fine"] * fine, 0.2, 2.0) * cyt_scale
+    n_vac = rng.poisson(max(0.0, _mean(m.get("vacuoles"), 0.0) - g["vacuole_baseline"]))
     for _ in range(n_vac):
         ang, dist = rng.uniform(0, 2 * math.pi), rc * rng.uniform(0.5, 0.85)
         v = _blob(size, cy + dist * math.sin(ang), cx + dist * math.cos(ang), rng.uniform(2.5, 6), rng, 0.05)
@@ -612,9 +595,9 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     layer0 *= (1 - cell_a)[None]
     layer0 += cell_a[None] * STAINS["plasma"][:, None, None]
     layer0 += cyt_amount[None] * p["cyt"][:, None, None]
-    cg = p.get("chrom_gain", (1.0, 1.0))
-    fine_c = CHROM_GAIN[0] * cg[0] * _quantile_sample(m.get("chrom_fine"), rng, 0.15, 0.02, 0.5)
-    clump = CHROM_GAIN[1] * cg[1] * _quantile_sample(m.get("chrom_coarse"), rng, 0.14, 0.02, 0.5)
+    cg, cg0 = c.get("chrom_gain", (1.0, 1.0)), g["chrom_gain"]
+    fine_c = cg0[0] * cg[0] * _quantile_sample(m.get("chrom_fine"), rng, 0.15, 0.02, 0.5)
+    clump = cg0[1] * cg[1] * _quantile_sample(m.get("chrom_coarse"), rng, 0.14, 0.02, 0.5)
     chrom = np.clip(1 + fine_c * fine + clump * coarse, 0.15, 2.5)
     part1 = (p["nuc"] * stain, (nucl * chrom).astype(np.float32))
     part2 = (np.zeros(5, np.float32), np.zeros((size, size), np.float32))
@@ -622,18 +605,11 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     mask[nucl > 0.5] = M.NUCLEUS
     if p.get("gran") is not None:
         region = cell_a if p.get("gran_over_nucleus") else cell_a * (1 - nucl)
-        g = _granules(rng, size, region * (dome > 0.2), p["gran_r"], p["gran_cover"]) * cell_a
-        part2 = (p["gran"] * stain, g.astype(np.float32))
-        if p["gran_r"] >= 3.0 or cls == "ig":
-            mask[(g > 0.5) & (cell_a > 0.5)] = M.GRANULES
+        gmap = _granules(rng, size, region * (dome > 0.2), c["gran_r"], c["gran_cover"]) * cell_a
+        part2 = (p["gran"] * stain, gmap.astype(np.float32))
+        if c["gran_r"] >= 3.0 or cls == "ig":  # coarse granules
+            mask[(gmap > 0.5) & (cell_a > 0.5)] = M.GRANULES
         else:  # fine neutrophil/monocyte granules: label only the densest spots
-            mask[(g > 0.8) & (cell_a > 0.5) & (nucl < 0.5)] = M.GRANULES
+            mask[(gmap > 0.8) & (cell_a > 0.5) & (nucl < 0.5)] = M.GRANULES
     return Scene([layer0 * stain[:, None, None], part1, part2], depths, mask, cls)
 
-
-#: Pale holes the measurement finds in any cytoplasm (granule gaps, segmentation noise): the
-#: smallest class mean of the packaged measurement; only the excess over it is drawn as vacuoles.
-_VACUOLE_BASELINE = 1.0
-#: Drawn platelet radius per measured radius: the measurement's platelet is its dense granulomere,
-#: the drawn disc includes the pale hyalomere rim (benchmarks/sim_realism.py).
-_PLT_R_GAIN = 1.0

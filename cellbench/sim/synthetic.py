@@ -7,21 +7,26 @@ itself and hands every on-disk kind to :func:`cellbench.data.load.load_folder_da
 
 from __future__ import annotations
 
+import torch
+
 from ..data.load import load_folder_data
 from ..data.sets import PairedSet, UnpairedSet
 from ..data.spec import DataSpec, parse_data_spec
+from ..threads import die_with_parent, usable_cores
 from .pairs import simulate_pairs
 
 #: Default size of the embedded simulated dataset used by ``--data synthetic``.
 SYNTHETIC_DEFAULTS = {"n": 400, "size": 256, "seed": 0, "x": "dm1200-like", "y": "dm96-like"}
 
 
-def synthetic_split(spec: DataSpec, split: str, *, size: int | None = None, second_y: bool = False) -> PairedSet:
+def synthetic_split(spec: DataSpec, split: str, *, size: int | None = None, second_y: bool = False,
+                    workers: int | None = None) -> PairedSet:
     """The simulator's pairs for one split: items are assigned to splits 80/10/10 by index.
 
     Option ``test_n`` (``synthetic:n=800,test_n=400``) makes the test split that many items instead
     (items ``n_train + n_val ..``), so the evaluation can be larger than the fitting sets allow.
-    Each item depends only on ``(seed, index)``, so the same spec always gives the same data.
+    Each item depends only on ``(seed, index)``, so the same spec always gives the same data, with
+    any number of ``workers`` (processes; default: the usable cores, :func:`cellbench.threads.usable_cores`).
     """
     opts = {**SYNTHETIC_DEFAULTS, **spec.options}
     n = int(opts["n"])
@@ -29,8 +34,50 @@ def synthetic_split(spec: DataSpec, split: str, *, size: int | None = None, seco
     n_test = int(opts["test_n"]) if int(opts.get("test_n") or 0) > 0 else n - n_train - n_val
     start, count = {"train": (0, n_train), "val": (n_train, n_val),
                     "test": (n_train + n_val, n_test)}[split]
-    return simulate_pairs(count, size=int(size or opts["size"]), seed=int(opts["seed"]), x_system=opts["x"],
-                          y_system=opts["y"], second_y=second_y, start=start)
+    kw = dict(size=int(size or opts["size"]), seed=int(opts["seed"]), x_system=opts["x"], y_system=opts["y"],
+              second_y=second_y)
+    workers = usable_cores() if workers is None else max(1, int(workers))
+    if workers <= 1 or count < PARALLEL_MIN:
+        return simulate_pairs(count, start=start, **kw)
+    return _simulate_parallel(start, count, kw, workers)
+
+
+#: Fewest pairs for which :func:`synthetic_split` simulates in worker processes (below, starting them
+#: costs more than it saves).
+PARALLEL_MIN = 64
+
+
+def _simulate_chunk(start: int, count: int, kw: dict) -> dict:
+    """Pairs ``start .. start+count-1`` as 8-bit tensors (what crosses the process boundary)."""
+    torch.set_num_threads(1)
+    p = simulate_pairs(count, start=start, **kw)
+    u8 = {k: getattr(p, k).mul(255.0).round_().to(torch.uint8) for k in ("x", "y", "y2") if getattr(p, k) is not None}
+    return {**u8, "masks": p.masks, "labels": list(p.labels), "ids": list(p.ids)}
+
+
+def _simulate_parallel(start: int, count: int, kw: dict, workers: int) -> PairedSet:
+    """:func:`simulate_pairs` split into contiguous chunks simulated by ``workers`` spawned processes.
+
+    Every item depends only on ``(seed, index)`` and the renderings are 8-bit, so the result equals
+    the serial one exactly (``tests/test_synthetic_parallel.py``); the main process, which holds the
+    run's other state, is never forked.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = -(-count // (workers * 4))  # a few chunks per worker: balanced, bounded pickles
+    starts = list(range(start, start + count, chunk))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=die_with_parent) as ex:
+        parts = list(ex.map(_simulate_chunk, starts, [min(chunk, start + count - s) for s in starts],
+                            [kw] * len(starts)))
+
+    def cat(k: str) -> torch.Tensor:
+        return torch.cat([q[k] for q in parts]).float().div_(255.0)
+
+    return PairedSet(x=cat("x"), y=cat("y"), labels=[lab for q in parts for lab in q["labels"]],
+                     ids=[i for q in parts for i in q["ids"]], masks=torch.cat([q["masks"] for q in parts]),
+                     y2=cat("y2") if kw["second_y"] else None)
 
 
 def load_training_data(spec: str | DataSpec, *, size: int = 256, seed: int = 0, split: str = "train",

@@ -284,6 +284,10 @@ def evaluate_classifier(clf: WBCClassifier, data: LabelledSet, *, batch_size: in
 def _check_set(data: LabelledSet, what: str) -> None:
     if len(data) == 0:
         raise DatasetError(f"the {what} set is empty")
+    if hasattr(data.images, "batches"):  # a streamed set (cellbench.data.stream.LazyImages): float on indexing
+        if len(data.images.shape) != 4 or data.images.shape[1] != 3:
+            raise ValueError(f"{what} images must have shape (N, 3, H, W), got {tuple(data.images.shape)}")
+        return
     check_batch(data.images, f"{what} images")
 
 
@@ -295,10 +299,17 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _resized_uint8(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
-    """Resize once to the network input and keep uint8 (4x less memory than float)."""
+    """Resize once to the network input and keep uint8 (4x less memory than float).
+
+    A streamed set (:class:`cellbench.data.stream.LazyImages`) is read in order through its decoding
+    pipeline, 64 images at a time: what is held is the network-input stack (e.g. 12 kB an image
+    at 64 px), not the decoded images."""
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].float()
+    if hasattr(images, "batches"):  # resizing is per image: the chunking changes no value
+        parts, chunk = images.batches(64), 64
+    else:
+        parts = (images[i:i + chunk].float() for i in range(0, len(images), chunk))
+    for i, x in zip(range(0, len(images), chunk), parts, strict=True):
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[i:i + chunk] = x.clamp(0, 1).mul(255.0).round().to(torch.uint8)
