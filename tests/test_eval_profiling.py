@@ -181,9 +181,10 @@ def test_real_profile_measures_other_processes_cpu():
 
     p = profile_function(slow, size=16, batch_sizes=(1,), warmup=1, repeats=4, max_seconds=10)
     assert p["others_cpu_cores"] is not None and 0.0 <= p["others_cpu_cores"] <= (os.cpu_count() or 1)
-    # a window of a few milliseconds is below the counters' resolution: no figure (the load average decides)
+    # a profile of a few milliseconds waits out a window the 10 ms counters resolve: a figure, never a tick
+    # read as several cores (6.5 "cores" on this 2-CPU machine before)
     p = profile_function(lambda x: x * 2, size=16, batch_sizes=(1,), warmup=1, repeats=3, max_seconds=10)
-    assert p["others_cpu_cores"] is None
+    assert p["others_cpu_cores"] is not None and 0.0 <= p["others_cpu_cores"] <= (os.cpu_count() or 1)
 
 
 def test_speed_table_marks_disturbed_rows():

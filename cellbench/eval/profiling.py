@@ -30,8 +30,9 @@ measurement is **disturbed** when
 
 * other processes used more than :data:`OTHERS_MARGIN` (0.5) CPU cores on average during the
   measurement: the machine's busy CPU time over the measurement window (``/proc/stat``) minus this
-  process's own CPU time, per wall second (``others_cpu_cores``). Where ``/proc/stat`` cannot be read
-  (or the measurement was shorter than 4 clock ticks per CPU, which ``/proc/stat`` cannot resolve),
+  process's own CPU time, per wall second (``others_cpu_cores``; a measurement shorter than 4 clock
+  ticks per CPU, which ``/proc/stat`` cannot resolve, is followed by a wait that completes that window).
+  Where ``/proc/stat`` cannot be read,
   the 1-minute load average before or after is used instead: disturbed when it exceeds the machine's
   CPUs by more than :data:`LOAD_MARGIN` (0.5). (The load average lags by about a minute and counts
   the measuring threads themselves, so right after ``run-all``'s parallel stages it reads high on a
@@ -257,15 +258,19 @@ def profile_function(
         device_name = torch.cuda.get_device_name(dev)
     else:
         device_name = machine_info().get("processor") or "cpu"
+    # /proc/stat counts clock ticks (10 ms) per CPU: over a window of W seconds the busy time is known to
+    # about cpus * tick / W cores. A profile shorter than 4 ticks per CPU (affine's, identity's) waits out the
+    # rest of that window before the second reading: others' CPU next to the calls, never a tick read as cores
+    cpus = os.cpu_count() or 1
+    min_window = 4.0 * cpus / float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 0.1
+    if busy_start is not None:
+        rest = min_window - (time.perf_counter() - wall_start)
+        if rest > 0:
+            time.sleep(rest)
     load_end = _loadavg()
     busy_end, own_end, wall_end = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
     others = None
-    cpus = os.cpu_count() or 1
-    # /proc/stat counts clock ticks (10 ms) per CPU: over a window of W seconds the busy time is known to
-    # about cpus * tick / W cores, so a window shorter than 4 ticks per CPU says nothing (None: the load
-    # average decides instead); the figure cannot exceed the machine's CPUs
-    min_window = 4.0 * cpus / float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 0.1
-    if busy_start is not None and busy_end is not None and wall_end - wall_start >= min_window:
+    if busy_start is not None and busy_end is not None and wall_end > wall_start:
         others = max(0.0, (busy_end - busy_start) - (own_end - own_start)) / (wall_end - wall_start)
         others = min(others, float(cpus))
     peak_mb = max(peaks.values())
