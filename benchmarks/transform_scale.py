@@ -114,25 +114,24 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _rss(pid: int) -> int:
+def _proc_bytes(pid: int, file: str, key: str) -> int:
+    """The ``key:`` line (kB) of ``/proc/<pid>/<file>`` in bytes; 0 if unknown."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def _rss(pid: int) -> int:
+    return _proc_bytes(pid, "status", "VmRSS:")
 
 
 def _pss(pid: int) -> int:
     """Proportional set size (shared pages divided among the processes sharing them), bytes; 0 if unknown."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_bytes(pid, "smaps_rollup", "Pss:")
 
 
 def run_measured(cmd: list[str], *, poll: float = 0.1) -> dict:

@@ -271,7 +271,7 @@ class Benchmark:
 
     def speed_engines(self) -> tuple[str, ...]:
         """The CPU inference engines the speed stage tries for ccGAN/pcNet (run-profile ``speed_engines``)."""
-        return tuple(getattr(self.cfg, "speed_engines", None) or ("eager",))
+        return tuple(self.cfg.speed_engines)
 
     def _choose_engine(self, norm) -> tuple[str, list[dict]]:
         """The fastest engine of ``norm`` within the quality bound on 16 test inputs (issue #17;
