@@ -60,7 +60,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cache", type=Path, help="folder to keep the simulated splits in (.pt)")
     ap.add_argument("--out", type=Path, default=Path("reports/distill"))
+    ap.add_argument("--set", action="append", default=[], metavar="KIND.KEY=VALUE",
+                    help="a student option, e.g. pixelnet.hidden=8 (TOML value); repeatable")
     args = ap.parse_args()
+    import tomllib
+
+    student_opts: dict[str, dict] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        kind, _, name = key.partition(".")
+        student_opts.setdefault(kind, {})[name] = tomllib.loads(f"v = {value}")["v"]
     torch.set_num_threads(args.threads)
     spec = parse_data_spec(f"synthetic:n={args.n}")
     splits = {}
@@ -95,13 +104,13 @@ def main() -> None:
         print(f"| {tname} | (teacher) | {t_fit:.1f} | {t_de:.3f} | | | {t_ips:.0f} |", flush=True)
         for kind in args.kinds.split(","):
             t0 = time.perf_counter()
-            student = distill(teacher, train, kind, seed=args.seed)
+            student = distill(teacher, train, kind, seed=args.seed, **student_opts.get(kind, {}))
             fit_s = time.perf_counter() - t0
             so = teacher_outputs(student, test.x)
             s_de = wbc_ciede2000(so, test.y, test.masks)
             vs = wbc_ciede2000(so, ty, test.masks)
             ips = throughput(student, bench_x, args.rounds)
-            rows.append({"teacher": tname, "student": kind, "fit_s": fit_s, "wbc_ciede2000": s_de,
+            rows.append({"teacher": tname, "student": kind, "options": student_opts.get(kind, {}), "fit_s": fit_s, "wbc_ciede2000": s_de,
                          "teacher_wbc_ciede2000": t_de, "gap": s_de - t_de, "vs_teacher": vs, "images_per_s": ips})
             print(f"| {tname} | {kind} | {fit_s:.1f} | {t_de:.3f} | {s_de:.3f} ({s_de - t_de:+.3f}) | {vs:.3f} | "
                   f"{ips:.0f} |", flush=True)

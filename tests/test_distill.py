@@ -186,3 +186,88 @@ def test_cli_distill_export_profile(tmp_path, pairs, capsys):
     prof = json.loads(capsys.readouterr().out)
     assert prof["method"] == "lut3d" and set(prof["throughput_by_batch"]) == {"1", "2"}
     assert prof["latency_by_batch"]["2"]["rounds"] == 2 and prof["cpu_time_s"] >= 0
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_pixel_mlp_cpu_matches_the_convolutions(threads):
+    """The chunked matrix-product path computes the network's own 1x1 convolutions, for any chunking
+    and thread split (a last chunk shorter than the others, more threads than images)."""
+    from cellbench.methods.distill import PixelNet, pixel_mlp_cpu
+
+    torch.manual_seed(3)
+    net = PixelNet(hidden=8, layers=4).eval()
+    x = torch.rand(2, 3, 37, 29)
+    with torch.no_grad():
+        ref = net(x)
+        got = pixel_mlp_cpu(net, x, chunk=100, threads=threads)
+        whole = pixel_mlp_cpu(net, x[:, :, ::2], chunk=10_000, threads=threads)  # a non-contiguous view
+        ref_view = net(x[:, :, ::2].contiguous())
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(whole, ref_view, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("threads", "rows", "local"), [(1, 16, 4), (2, 6, 4), (3, 4, 0)])
+def test_ctx_forward_cpu_is_the_network(threads, rows, local):
+    """The reordered CPU path (context projected at half resolution, strips of rows) is the same function."""
+    from cellbench.methods.distill import CtxNet, ctx_forward_cpu
+
+    torch.manual_seed(5)
+    net = CtxNet((6, 5), local=local, head=7).eval()
+    for p in net.parameters():  # the untrained head is zero (identity): give it weights
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(3, 3, 20, 28)
+    with torch.no_grad():
+        ref = net(x)
+        got = ctx_forward_cpu(net, x, rows=rows, threads=threads)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ctx_forward_cpu(net, x[:, :, :18])
+
+
+@pytest.mark.parametrize(("hidden", "layers", "residual", "shape"), [(16, 3, False, (3, 3, 32, 48)),
+                                                                      (8, 4, True, (1, 3, 17, 23))])
+def test_pixel_kernel_is_the_network(hidden, layers, residual, shape):
+    """The compiled kernel (whole MLP in registers, 16 pixels per step, a torch tail for H*W % 16)
+    computes the network's 1x1 convolutions, on 1 or 2 threads, more images than threads or fewer."""
+    from cellbench.methods.distill import PixelNet
+    from cellbench.nets.pixel_kernel import apply_pixel_mlp, mlp_kernel_available
+
+    if not mlp_kernel_available((3, hidden, 3), residual):
+        pytest.skip("no LLVM kernel here (llvmlite missing or disabled)")
+    torch.manual_seed(7)
+    net = PixelNet(hidden=hidden, layers=layers, residual=residual).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.4)
+    x = torch.rand(*shape)
+    layers_ = [(c.weight[:, :, 0, 0], c.bias) for c in net.convs]
+    with torch.no_grad():
+        ref = net(x)
+        for threads in (1, 2):
+            got = apply_pixel_mlp(x, layers_, residual=residual, threads=threads)
+            torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="input planes"):
+        apply_pixel_mlp(torch.rand(1, 4, 16, 16), layers_, residual=residual)
+
+
+def test_ctx_pool_student_cpu_path_and_context():
+    """The pooled-context student: its CPU path (features in torch, MLP in the kernel) is its
+    forward, and it learns a map no per-pixel function can (the local contrast x - mean + 0.5)."""
+    from cellbench.methods.distill import CtxPoolNet, ctx_pool_cpu
+
+    torch.manual_seed(11)
+    net = CtxPoolNet(scales=(4, 8), hidden=8).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(5, 3, 40, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(ctx_pool_cpu(net, x, chunk=2), net(x), atol=2e-6, rtol=1e-5)
+    # a context-dependent teacher: two copies of a colour, one on a dark field, one on a light one
+    xs, _ = toy_smears(12, 64, seed=2, noise=0.02, texture=0.1)
+    blur = torch.nn.functional.avg_pool2d(xs, 8)
+    y = (xs - torch.nn.functional.interpolate(blur, size=(64, 64), mode="bilinear") + 0.5).clamp(0, 1)
+    data = PairedSet(x=xs, y=y, labels=["a"] * 12)
+    ctx = create_normalizer("ctx", iterations=400, crop_size=64, lr=1e-2).fit(data, seed=0)
+    lut = create_normalizer("lut3d", size=17).fit(data, seed=0)
+    e_ctx = (ctx.transform(xs) - y).abs().mean()
+    e_lut = (lut.transform(xs) - y).abs().mean()
+    assert e_ctx < 0.6 * e_lut

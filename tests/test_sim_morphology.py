@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellbench.data.classes import CLASSES
-from cellbench.data.masks import NUCLEUS
+from cellbench.data.masks import CYTOPLASM, NUCLEUS
 from cellbench.errors import ConfigError
 from cellbench.io import write_image
 from cellbench.sim import load_system, make_scene, render
@@ -248,3 +248,69 @@ def test_scene_reads_its_corrections_from_the_file():
                    for i in range(4))
 
     assert nuc_px(big) > 1.35 * nuc_px(base)
+
+
+def test_ambiguity_rates_are_twice_the_real_error_share():
+    """From a confusion matrix: each row's off-diagonal share doubled; confusers by their counts;
+    platelets (no nucleus to blend) and error-free rows get no borderline cells."""
+    from cellbench.sim.morphology import ambiguity_from_confusion
+
+    classes = ["ig", "neutrophil", "monocyte", "platelet"]
+    cm = [[40, 6, 4, 0], [1, 49, 0, 0], [0, 0, 50, 0], [0, 3, 0, 47]]
+    amb = ambiguity_from_confusion(cm, classes, source="unit test")
+    assert amb["rates"] == {"ig": 0.4, "neutrophil": 0.04}
+    assert amb["confusers"] == {"ig": {"neutrophil": 0.6, "monocyte": 0.4}, "neutrophil": {"ig": 1.0}}
+    assert "unit test" in amb["how"]
+    with pytest.raises(ValueError, match="shape"):
+        ambiguity_from_confusion([[1, 0], [0, 1]], classes)
+
+
+def test_borderline_cells_lie_between_their_class_and_the_confuser():
+    """Rate 1 (every ig cell borderline, towards lymphocytes): each drawn cell's measured statistics
+    and stains lie between ig's and lymphocyte's, on the same fraction t; granules thin out with t
+    (lymphocytes have none). Rate 0 draws exactly the plain scenes, and a class without a rate is
+    untouched (its random stream is not consumed)."""
+    from cellbench.sim.scene import _CLASS, _borderline
+
+    base = load_morphology()
+    plain = json.loads(json.dumps(base))
+    plain["ambiguity"] = {"rates": {"ig": 0.0}, "confusers": {}, "how": "test"}
+    border = json.loads(json.dumps(base))
+    border["ambiguity"] = {"rates": {"ig": 1.0}, "confusers": {"ig": {"lymphocyte": 1.0}}, "how": "test"}
+    a_nc, b_nc = (base["classes"][k]["nc_ratio"]["q50"] for k in ("ig", "lymphocyte"))
+    ts = []
+    for i in range(8):
+        m, p, c, look = _borderline(border, "ig", np.random.default_rng(i))
+        t = (m["nc_ratio"]["q50"] - a_nc) / (b_nc - a_nc)
+        assert 0.0 <= t <= 1.0
+        np.testing.assert_allclose(p["nuc"], (1 - t) * _CLASS["ig"]["nuc"] + t * _CLASS["lymphocyte"]["nuc"], rtol=1e-5)
+        assert look == ("ig" if t < 0.5 else "lymphocyte")
+        ig_cover = packaged_derived()["classes"]["ig"]["gran_cover"]
+        assert c["gran_cover"] == pytest.approx(ig_cover * (1 - t))
+        ts.append(t)
+    assert min(ts) < 0.4 and max(ts) > 0.6  # t is drawn, not fixed
+
+    no_amb = json.loads(json.dumps(base))
+    no_amb.pop("ambiguity", None)
+    a = make_scene("ig", np.random.default_rng(3), 128, morphology=no_amb)
+    b = make_scene("ig", np.random.default_rng(3), 128, morphology=plain)
+    assert np.array_equal(a.mask, b.mask) and np.array_equal(a.layers, b.layers)
+    e1 = make_scene("eosinophil", np.random.default_rng(4), 128, morphology=no_amb)
+    e2 = make_scene("eosinophil", np.random.default_rng(4), 128, morphology=border)
+    assert np.array_equal(e1.mask, e2.mask) and np.array_equal(e1.layers, e2.layers)
+    assert not np.array_equal(make_scene("ig", np.random.default_rng(3), 128, morphology=border).mask, a.mask)
+
+
+@pytest.mark.parametrize(("section", "match"), [
+    ({"rates": {"ig": 1.5}, "confusers": {"ig": {"neutrophil": 1}}, "how": "x"}, "probability"),
+    ({"rates": {"ig": 0.1}, "confusers": {}, "how": "x"}, "confusers.ig"),
+    ({"rates": {"ig": 0.1}, "confusers": {"ig": {"ig": 1}}, "how": "x"}, "another white-cell class"),
+    ({"rates": {"ig": 0.1}, "confusers": {"ig": {"neutrophil": 1}}}, "how"),
+])
+def test_bad_ambiguity_section_names_the_key(tmp_path, section, match):
+    params = load_morphology()
+    params["ambiguity"] = section
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(params))
+    with pytest.raises(ConfigError, match=match):
+        load_morphology(path)

@@ -91,6 +91,10 @@ class PairedTrack:
                 key["synthetic_test_n"] = self.cfg.synthetic_test_n
         else:
             key["dataset"] = folder_fingerprint(self.spec.path)
+        if self.spec.kind in ("synthetic", "resim"):  # the simulator's code and parameter files
+            from ..eval.validate import simulator_fingerprint
+
+            key["simulator"] = simulator_fingerprint()["source_sha256"]
         if self.spec.kind == "resim":
             key["resim_limit_per_class"] = self.cfg.resim_limit_per_class
         return key
@@ -162,7 +166,8 @@ class PairedTrack:
 
         limit = self.cfg.resim_limit_per_class or None
         st = self.cache.stage("resim", {"real": folder_fingerprint(self.spec.path), "size": self.cfg.size,
-                                         "seed": self.seed, "limit": limit, "version": __version__})
+                                         "seed": self.seed, "limit": limit, "version": __version__,
+                                         "simulator": self.data_key()["simulator"]})
         if not self.cache.ready(st):
             self.cache.begin(st)
             st.write_dir("pairs", lambda tmp: resimulate_folder(self.spec.path, tmp, size=self.cfg.size,

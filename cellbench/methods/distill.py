@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DISTILL_KINDS = ("lut3d", "pixelnet", "ctx")
 
 __all__ = ["DISTILL_KINDS", "distill", "teacher_outputs", "LUT3DNormalizer", "PixelNetNormalizer",
-           "CtxNormalizer", "CtxNet"]
+           "CtxNormalizer", "CtxNet", "CtxPoolNet"]
 
 
 def teacher_outputs(teacher: Normalizer, images: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
@@ -267,10 +267,14 @@ def _balanced_pixels(data: PairedSet) -> tuple[torch.Tensor, torch.Tensor, torch
 class PixelNet(nn.Module):
     """StainNet-style per-pixel network: 1x1 convolutions ``3 -> hidden (-> hidden)* -> 3`` with ReLU."""
 
-    def __init__(self, hidden: int = 16, layers: int = 3) -> None:
+    def __init__(self, hidden: int = 16, layers: int = 3, residual: bool = False) -> None:
         super().__init__()
         widths = [3] + [hidden] * (layers - 1) + [3]
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.residual = bool(residual)
+        if self.residual:  # output = input + correction: the untrained network is the identity
+            nn.init.zeros_(self.convs[-1].weight)
+            nn.init.zeros_(self.convs[-1].bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         h = images
@@ -278,7 +282,7 @@ class PixelNet(nn.Module):
             h = conv(h)
             if i < len(self.convs) - 1:
                 h = F.relu(h, inplace=True)
-        return h
+        return h + images if self.residual else h
 
     def forward_pixels(self, px: torch.Tensor) -> torch.Tensor:
         """The same network on ``(P, 3)`` colours (training)."""
@@ -287,20 +291,43 @@ class PixelNet(nn.Module):
             h = F.linear(h, conv.weight[:, :, 0, 0], conv.bias)
             if i < len(self.convs) - 1:
                 h = F.relu(h)
-        return h
+        return h + px if self.residual else h
+
+
+_XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                              [0.019334, 0.119193, 0.950227]]) / torch.tensor([0.95047, 1.0, 1.08883])[:, None]
+
+
+def lab_pixels(px: torch.Tensor) -> torch.Tensor:
+    """Differentiable sRGB -> CIELAB of ``(P, 3)`` colours (the formulas of
+    :func:`cellbench.colourspace.rgb_to_lab`, in the input's precision; clipped to [0, 1] first,
+    and each branch's argument clamped so that no gradient is NaN)."""
+    x = px.clamp(0, 1)
+    lin = torch.where(x > 0.04045, ((x.clamp_min(0.04045) + 0.055) / 1.055).pow(2.4), x / 12.92)
+    xyz = lin @ _XYZ_FROM_RGB.to(px).T
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(0.008856).pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    return torch.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
 
 
 def _train_pixels(net: nn.Module, xs: torch.Tensor, ys: torch.Tensor, cnt: torch.Tensor, *, iterations: int,
-                  lr: float, batch: int, seed: int) -> None:
-    """Adam on colours drawn with probability proportional to their pixel counts; cosine-decayed rate."""
+                  lr: float, batch: int, seed: int, loss: str = "rgb", balance: float = 1.0) -> None:
+    """Adam on colours drawn with probability proportional to ``count ** balance`` (1: as often as
+    they occur; 0: every colour bin alike); cosine-decayed rate. ``loss``: ``"rgb"`` (mean squared
+    error) or ``"lab"`` (squared CIELAB difference / 100^2, plus the RGB term, which keeps a gradient
+    where the prediction leaves the gamut)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / max(iterations, 1))))
+    weights = cnt.pow(balance) if balance != 1.0 else cnt
+    lab_targets = lab_pixels(ys) if loss == "lab" else None
     for _ in range(iterations):
-        pick = torch.multinomial(cnt, batch, replacement=True, generator=gen)
-        loss = F.mse_loss(net.forward_pixels(xs[pick]), ys[pick])
+        pick = torch.multinomial(weights, batch, replacement=True, generator=gen)
+        pred = net.forward_pixels(xs[pick])
+        err = F.mse_loss(pred, ys[pick])
+        if lab_targets is not None:
+            err = err + F.mse_loss(lab_pixels(pred), lab_targets[pick]) / 1e4
         opt.zero_grad()
-        loss.backward()
+        err.backward()
         opt.step()
         sched.step()
 
@@ -330,11 +357,27 @@ class PixelNetNormalizer(NetStudent):
     ----------
     hidden:
         Channels of the hidden 1x1 layers (StainNet: 32; 16 by default here: a quarter of the
-        multiply-adds, so it runs at >= 1,000 images/s at 256x256 on two CPU cores).
+        multiply-adds, and 32 hidden vectors fit the 32 vector registers of the compiled kernel,
+        :mod:`cellbench.nets.pixel_kernel`: about 1,500 images/s at 256x256 on two CPU cores).
     layers:
         1x1 convolutions (StainNet: 3).
     iterations, lr, batch_pixels:
-        Adam on training colours (weighted by their pixel counts), cosine-decayed rate.
+        Adam on training colours (7-bit bins, drawn by ``count ** balance``), cosine-decayed rate.
+    residual:
+        Output = input + the network's correction, the last layer starting at zero (the untrained
+        student is the identity); False is StainNet's plain form.
+    loss:
+        ``"rgb"`` (mean squared error) or ``"lab"`` (plus the squared CIELAB difference / 100^2: the
+        error the CIEDE2000 figures see, where dark nucleus colours weigh more than in RGB).
+    balance:
+        Exponent of the bins' pixel counts in the sampling weights: 1 fits the colours as often as
+        they occur (background dominates), 0 fits every colour bin alike (as a LUT does).
+
+    The defaults (residual, ``"lab"``, 0.5) were chosen on the simulated training split against
+    StainNet's plain form (no residual, RGB loss, colours as often as they occur): distilled from
+    poly and hm, the student's WBC CIEDE2000 on the simulated test split was 4.35 / 4.44 against the
+    teachers' 4.18 / 4.27, where the plain form reached 5.45 / 5.51 (``benchmarks/distill_quality.py``,
+    docs/fast-transforms.md).
     teacher:
         The teacher's registry name when distilled (provenance only).
     """
@@ -346,13 +389,16 @@ class PixelNetNormalizer(NetStudent):
     description = "StainNet-like 1x1-convolution network (per-pixel MLP); a fast student of any method"
 
     def __init__(self, hidden: int = 16, layers: int = 3, iterations: int = 1500, lr: float = 1e-2,
-                 batch_pixels: int = 8192, teacher: str | None = None) -> None:
+                 batch_pixels: int = 8192, residual: bool = True, loss: str = "lab", balance: float = 0.5,
+                 teacher: str | None = None) -> None:
         super().__init__(hidden=check_int(hidden, "hidden", min=1), layers=check_int(layers, "layers", min=2),
                          iterations=check_int(iterations, "iterations", min=0), lr=check_float(lr, "lr", min=0.0),
-                         batch_pixels=check_int(batch_pixels, "batch_pixels", min=1), teacher=teacher)
+                         batch_pixels=check_int(batch_pixels, "batch_pixels", min=1), residual=bool(residual),
+                         loss=check_choice(loss, "loss", ("rgb", "lab")),
+                         balance=check_float(balance, "balance", min=0.0, max=1.0), teacher=teacher)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.net = PixelNet(self.params["hidden"], self.params["layers"]).eval()
+            self.net = PixelNet(self.params["hidden"], self.params["layers"], self.params["residual"]).eval()
 
     def networks(self) -> dict[str, nn.Module]:
         return {"pixelnet": self.net}
@@ -363,8 +409,9 @@ class PixelNetNormalizer(NetStudent):
         xs, ys, cnt = _balanced_pixels(data)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = PixelNet(p["hidden"], p["layers"])
-        _train_pixels(net, xs, ys, cnt, iterations=p["iterations"], lr=p["lr"], batch=p["batch_pixels"], seed=seed)
+            net = PixelNet(p["hidden"], p["layers"], p["residual"])
+        _train_pixels(net, xs, ys, cnt, iterations=p["iterations"], lr=p["lr"], batch=p["batch_pixels"], seed=seed,
+                      loss=p["loss"], balance=p["balance"])
         self.net = net.eval()
         self.fitted = True
         return self
@@ -376,11 +423,66 @@ class PixelNetNormalizer(NetStudent):
         x = images.to(dev)
         if dev.type != "cpu":
             return net(x).to(images.device)
-        # one image at a time: the hidden activations (hidden x H x W) stay in cache
-        out = torch.empty_like(x)
-        for i in range(len(x)):
-            out[i:i + 1] = net(x[i:i + 1])
-        return out
+        return pixel_mlp_cpu(net, x)
+
+
+#: pixels per step of :func:`pixel_mlp_cpu`: ``hidden x PIXEL_CHUNK`` float32 activations (256 KiB at
+#: 16 channels) stay in a core's L2 cache between the layers
+PIXEL_CHUNK = 4096
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, n)`` in ``parts`` contiguous ranges of near-equal length (empty ones dropped)."""
+    edges = [round(i * n / parts) for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def pixel_mlp_cpu(net: PixelNet, x: torch.Tensor, *, chunk: int = PIXEL_CHUNK,
+                  threads: int | None = None) -> torch.Tensor:
+    """``net(x)`` on the CPU, fast: the 1x1 convolutions as matrix products on cache-sized pixel chunks.
+
+    A 1x1 convolution over ``(C, H*W)`` planes is ``W @ X + b``. Run on a whole 256x256 image, each
+    layer writes ``hidden x 65,536`` floats (4 MiB at 16 channels) to memory and the next reads them
+    back; on ``chunk`` pixels all layers run in cache, and each output chunk is written once. The
+    images are shared among ``threads`` Python threads (default: torch's intra-op threads), each
+    running its images' chunks one after another (the products release the GIL, and each is too
+    small to be worth splitting further). Same values as ``net(x)`` up to float rounding (tested).
+    """
+    from ..nets.pixel_kernel import apply_pixel_mlp
+
+    if chunk == PIXEL_CHUNK:  # the compiled kernel (whole network in registers), where it runs
+        fast = apply_pixel_mlp(x, [(conv.weight[:, :, 0, 0], conv.bias) for conv in net.convs],
+                               residual=net.residual, threads=threads)
+        if fast is not None:
+            return fast
+    n, c, h, w = x.shape
+    planes = x.reshape(n, c, h * w)
+    out = torch.empty(n, 3, h * w, dtype=x.dtype)
+    layers = [(conv.weight[:, :, 0, 0].detach().to(x.dtype).contiguous(),
+               conv.bias.detach().to(x.dtype)[:, None].contiguous()) for conv in net.convs]
+    last = len(layers) - 1
+
+    @torch.no_grad()  # grad mode is per thread: the pool's threads start with it on
+    def run(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            for s in range(0, h * w, chunk):
+                t = planes[i, :, s:s + chunk]
+                for k, (wk, bk) in enumerate(layers):
+                    t = torch.addmm(bk, wk, t)
+                    if k < last:
+                        t.relu_()
+                out[i, :, s:s + chunk] = t + planes[i, :, s:s + chunk] if net.residual else t
+
+    parts = _split(n, max(1, min(threads or torch.get_num_threads(), n)))
+    if len(parts) == 1:
+        run(0, n)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            for f in [pool.submit(run, a, b) for a, b in parts]:
+                f.result()
+    return out.reshape(n, 3, h, w)
 
 
 
@@ -418,16 +520,65 @@ class CtxNet(nn.Module):
         return x + self.head2(F.relu(self.head1(torch.cat(feats, 1))))
 
 
+class CtxPoolNet(nn.Module):
+    """A per-pixel MLP on the colour and its local means: context at the cost of a pixel network.
+
+    Features per pixel: the colour ``x`` and, per scale ``s`` of ``scales``, the mean colour of its
+    ``s x s`` neighbourhood (average pooling by ``s``, bilinear interpolation back to full size), so
+    ``3 (1 + len(scales))`` inputs; then 1x1 convolutions ``-> hidden (-> hidden)* -> 3`` with ReLU,
+    added to ``x`` (the last layer starts at zero: the untrained network is the identity). A map of
+    the form ``f(x, local mean)`` covers local contrast enhancement (unsharp masking) and
+    region-dependent colour maps, which no per-pixel map can follow; the per-pixel part runs in the
+    compiled kernel of :mod:`cellbench.nets.pixel_kernel`.
+    """
+
+    def __init__(self, scales: tuple[int, ...] = (4, 16), hidden: int = 16, layers: int = 3) -> None:
+        super().__init__()
+        self.scales = tuple(int(v) for v in scales)
+        widths = [3 * (1 + len(self.scales))] + [hidden] * (layers - 1) + [3]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        nn.init.zeros_(self.convs[-1].weight)
+        nn.init.zeros_(self.convs[-1].bias)
+        self.residual = True
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3 (1 + len(scales)), H, W)``: the colour, then its local means (sides need not divide)."""
+        _, _, h, w = x.shape
+        feats = [x]
+        for sc in self.scales:
+            m = F.adaptive_avg_pool2d(x, (max(1, -(-h // sc)), max(1, -(-w // sc))))
+            feats.append(F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False))
+        return torch.cat(feats, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = F.relu(h, inplace=True)
+        return x + h
+
+
 @register_normalizer
 class CtxNormalizer(NetStudent):
-    """Small-context student (:class:`CtxNet`) trained on random crops of the training pairs.
+    """Small-context student trained on random crops of the training pairs.
 
     Parameters
     ----------
+    arch:
+        ``"pool"`` (default): :class:`CtxPoolNet`, a pixel network on the colour and its local means
+        (``scales``, ``hidden``), run by the compiled pixel kernel (over 1,000 images/s at 256x256 on
+        two cores); ``"unet"``: :class:`CtxNet`, a 2-level U-Net (``widths``, ``local``, ``head``),
+        about 100 images/s.
+    scales, hidden:
+        :class:`CtxPoolNet` architecture.
     widths, local, head:
         :class:`CtxNet` architecture.
     iterations, lr, batch_size, crop_size:
-        Adam on ``batch_size`` random ``crop_size`` crops per step (MSE), cosine-decayed rate.
+        Adam on ``batch_size`` random ``crop_size`` crops per step, cosine-decayed rate.
+    loss:
+        ``"rgb"`` (mean squared error) or ``"lab"`` (plus the squared CIELAB difference / 100^2, as
+        :class:`PixelNetNormalizer`).
     teacher:
         The teacher's registry name when distilled (provenance only).
     """
@@ -436,26 +587,35 @@ class CtxNormalizer(NetStudent):
     sweep_fit_cost = "heavy"
 
     name = "ctx"
-    description = "small-context student: a 2-level U-Net of a few thousand parameters (context-dependent teachers)"
+    description = "small-context student: a pixel network on the colour and its local means (context-dependent teachers)"
 
-    def __init__(self, widths: tuple[int, int] | list[int] = (8, 8), local: int = 4, head: int = 16,
+    def __init__(self, arch: str = "pool", scales: tuple[int, ...] | list[int] = (4, 16), hidden: int = 16,
+                 widths: tuple[int, int] | list[int] = (8, 8), local: int = 4, head: int = 16,
                  iterations: int = 1500, lr: float = 3e-3, batch_size: int = 16, crop_size: int = 64,
-                 teacher: str | None = None) -> None:
+                 loss: str = "rgb", teacher: str | None = None) -> None:
+        arch = check_choice(arch, "arch", ("pool", "unet"))
         widths = tuple(int(v) for v in widths)
         if len(widths) != 2 or min(widths) < 1:
             raise ConfigError(f"widths={widths!r}: two positive channel counts expected (e.g. [8, 8])")
+        scales = tuple(int(v) for v in scales)
+        if not scales or min(scales) < 2:
+            raise ConfigError(f"scales={list(scales)!r}: one or more pooling factors >= 2 expected (e.g. [4, 16])")
         crop = check_int(crop_size, "crop_size", min=8)
         if crop % 4:
             raise ConfigError(f"crop_size={crop}: must be a multiple of 4 (the network's two levels)")
-        super().__init__(widths=widths, local=check_int(local, "local", min=0), head=check_int(head, "head", min=1),
+        super().__init__(arch=arch, scales=list(scales), hidden=check_int(hidden, "hidden", min=1), widths=widths,
+                         local=check_int(local, "local", min=0), head=check_int(head, "head", min=1),
                          iterations=check_int(iterations, "iterations", min=0), lr=check_float(lr, "lr", min=0.0),
-                         batch_size=check_int(batch_size, "batch_size", min=1), crop_size=crop, teacher=teacher)
+                         batch_size=check_int(batch_size, "batch_size", min=1), crop_size=crop,
+                         loss=check_choice(loss, "loss", ("rgb", "lab")), teacher=teacher)
         self.net = self._build(0)
 
-    def _build(self, seed: int) -> CtxNet:
+    def _build(self, seed: int) -> CtxNet | CtxPoolNet:
         p = self.params
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            if p["arch"] == "pool":
+                return CtxPoolNet(tuple(p["scales"]), p["hidden"]).eval()
             return CtxNet(tuple(p["widths"]), p["local"], p["head"]).eval()
 
     def networks(self) -> dict[str, nn.Module]:
@@ -481,9 +641,13 @@ class CtxNormalizer(NetStudent):
                               zip(img.tolist(), top.tolist(), left.tolist(), strict=True)])
             yb = torch.stack([data.y[i, :, t:t + crop, s:s + crop] for i, t, s in
                               zip(img.tolist(), top.tolist(), left.tolist(), strict=True)])
-            loss = F.mse_loss(net(xb), yb)
+            pred = net(xb)
+            err = F.mse_loss(pred, yb)
+            if p["loss"] == "lab":  # as pixelnet's: squared CIELAB difference / 100^2 beside the RGB term
+                flat = (t.permute(0, 2, 3, 1).reshape(-1, 3) for t in (pred, yb))
+                err = err + F.mse_loss(*(lab_pixels(t) for t in flat)) / 1e4
             opt.zero_grad()
-            loss.backward()
+            err.backward()
             opt.step()
             sched.step()
         self.net = net.eval()
@@ -495,16 +659,94 @@ class CtxNormalizer(NetStudent):
         net = self.net
         dev = next(net.parameters()).device
         x = images.to(dev)
+        if isinstance(net, CtxPoolNet):
+            return (ctx_pool_cpu(net, x) if dev.type == "cpu" else net(x)).to(images.device)
         _, _, h, w = x.shape
         ph, pw = (-h) % 4, (-w) % 4
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        if dev.type == "cpu":  # small chunks keep the activations in cache
-            out = torch.cat([net(x[s:s + 4]) for s in range(0, len(x), 4)])
-        else:
-            out = net(x)
+        out = ctx_forward_cpu(net, x) if dev.type == "cpu" else net(x)
         return out[:, :, :h, :w].to(images.device)
 
+
+#: images per feature chunk of :func:`ctx_pool_cpu` (their 9-plane features stay near the cache)
+CTX_POOL_CHUNK = 8
+
+
+def ctx_pool_cpu(net: CtxPoolNet, x: torch.Tensor, *, chunk: int = CTX_POOL_CHUNK) -> torch.Tensor:
+    """``net(x)`` on the CPU, fast: the features (colour and local means) in torch, ``chunk`` images at
+    a time, and the pixel network through the compiled kernel (:func:`cellbench.nets.pixel_kernel.apply_pixel_mlp`;
+    torch where it cannot run). Same values as ``net(x)`` up to float rounding (tested)."""
+    from ..nets.pixel_kernel import apply_pixel_mlp
+
+    layers = [(conv.weight[:, :, 0, 0], conv.bias) for conv in net.convs]
+    out = torch.empty(x.shape, dtype=x.dtype)
+    for s in range(0, len(x), chunk):
+        part = x[s:s + chunk]
+        feats = net.features(part)
+        fast = apply_pixel_mlp(feats, layers, residual=True)
+        out[s:s + chunk] = fast if fast is not None else net(part)
+    return out
+
+
+
+#: full-resolution rows per step of :func:`ctx_forward_cpu` (even: the context map has half the rows)
+CTX_ROWS = 16
+
+
+def ctx_forward_cpu(net: CtxNet, x: torch.Tensor, *, rows: int = CTX_ROWS, threads: int | None = None) -> torch.Tensor:
+    """``net(x)`` on the CPU, fast: the same function, reordered so that little runs at full resolution.
+
+    The head's first 1x1 convolution acts on ``cat[x, up(d1), local]``; it is linear, and nearest
+    upsampling commutes with a 1x1 convolution, so ``W [x; up(d1); l] + b = W_x x + up(W_d d1 + b)
+    + W_l l``: the context term is projected at half resolution (a quarter of the pixels) and the
+    concatenated full-resolution tensor is never built. The full-resolution rest (the local 3x3
+    convolution, ``W_x x``, ``W_l l``, the ReLU and the second 1x1 layer) runs on strips of ``rows``
+    rows, whose activations stay in cache, as matrix products; images are shared among ``threads``
+    Python threads as in :func:`pixel_mlp_cpu`. Same values as ``net(x)`` up to float rounding
+    (tested). ``x``: ``(N, 3, H, W)`` with ``H`` and ``W`` divisible by 4.
+    """
+    n, c, h, w = x.shape
+    if h % 4 or w % 4 or rows % 2:
+        raise ValueError(f"ctx_forward_cpu: sides must be divisible by 4 (got {h}x{w}) and rows even (got {rows})")
+    w1 = net.enc1.out_channels
+    e1 = F.relu(net.enc1(F.avg_pool2d(x, 2)))
+    e2 = F.relu(net.enc2(F.avg_pool2d(e1, 2)))
+    d1 = F.relu(net.dec1(torch.cat([e1, F.interpolate(e2, scale_factor=2.0, mode="nearest")], 1)))
+    wh = net.head1.weight[:, :, 0, 0]
+    w_x, w_d, w_l = wh[:, :c].contiguous(), wh[:, c:c + w1], wh[:, c + w1:].contiguous()
+    ctx = F.conv2d(d1, w_d[:, :, None, None], net.head1.bias)  # (N, head, H/2, W/2)
+    heads = ctx.shape[1]
+    w2 = net.head2.weight[:, :, 0, 0].contiguous()
+    b2 = net.head2.bias[:, None].contiguous()
+    local = net.local
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate") if local is not None else None
+    out = torch.empty(n, c, h, w, dtype=x.dtype)
+
+    @torch.no_grad()  # grad mode is per thread: the pool's threads start with it on
+    def run(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            for r0 in range(0, h, rows):
+                r1 = min(r0 + rows, h)
+                m = (r1 - r0) * w
+                xs = x[i, :, r0:r1].reshape(c, m)
+                up = ctx[i, :, r0 // 2:(r1 + 1) // 2, None, :, None].expand(heads, (r1 - r0) // 2, 2, w // 2, 2)
+                pre = torch.addmm(up.reshape(heads, m), w_x, xs)
+                if local is not None:
+                    loc = F.conv2d(xp[i:i + 1, :, r0:r1 + 2], local.weight, local.bias).reshape(-1, m)
+                    pre.addmm_(w_l, loc.relu_())
+                out[i, :, r0:r1] = torch.addmm(b2, w2, pre.relu_()).add_(xs).reshape(c, r1 - r0, w)
+
+    parts = _split(n, max(1, min(threads or torch.get_num_threads(), n)))
+    if len(parts) == 1:
+        run(0, n)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            for f in [pool.submit(run, a, b) for a, b in parts]:
+                f.result()
+    return out
 
 
 def lut_of(normalizer: Normalizer) -> torch.Tensor:

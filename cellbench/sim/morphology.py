@@ -531,7 +531,59 @@ def _check(params: dict, source: str) -> dict:
                 raise bad(f"class {cls!r}: missing or bad key {k!r} (needs numbers 'mean' and 'sd')")
     if params["version"] >= 2:
         _check_derived(params.get("derived"), bad)
+    if params.get("ambiguity") is not None:
+        _check_ambiguity(params["ambiguity"], bad)
     return params
+
+
+def ambiguity_from_confusion(confusion, classes: list[str], *, source: str = "") -> dict:
+    """The ``ambiguity`` section from a real classifier's confusion on real test images.
+
+    Real classes have borders that blur (band vs segmented neutrophil, ig vs monocyte, large
+    lymphocyte vs monocyte); a classifier trained and tested on real labelled cells errs on them.
+    The scene sampler draws a cell of class ``a`` as *borderline* with probability ``rates[a]``: its
+    morphology and stains lie at a uniformly drawn fraction ``t`` of the way from ``a`` to a
+    confuser ``b`` (drawn by ``confusers[a]``), and it keeps its label ``a``. A classifier calls
+    such a cell ``b`` about when ``t > 1/2``, i.e. half the time, so ``rates[a]`` is twice the
+    off-diagonal share of row ``a`` and the simulated error rate matches the real one (attributing
+    every real error to ambiguity: the real classifier's own error is part of it).
+
+    ``confusion[i][j]``: real test cells of class ``classes[i]`` predicted ``classes[j]``.
+    """
+    cm = np.asarray(confusion, dtype=float)
+    if cm.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion of shape {cm.shape} for {len(classes)} classes")
+    rates, confusers = {}, {}
+    for i, a in enumerate(classes):
+        n = cm[i].sum()
+        off = {b: float(cm[i, j]) for j, b in enumerate(classes) if j != i and cm[i, j] > 0 and b != "platelet"}
+        if a == "platelet" or n <= 0 or not off:
+            continue
+        rates[a] = round(min(1.0, 2.0 * sum(off.values()) / n), 4)
+        total = sum(off.values())
+        confusers[a] = {b: round(v / total, 4) for b, v in off.items()}
+    return {"rates": rates, "confusers": confusers, "how": (
+        "twice the off-diagonal share of each class's row of a real classifier's confusion on real test "
+        "images (cellbench.sim.morphology.ambiguity_from_confusion)" + (f"; {source}" if source else ""))}
+
+
+def _check_ambiguity(a, bad) -> None:
+    """``ambiguity``: ``rates`` (class -> probability in [0, 1]), ``confusers`` (class -> {class: weight >
+    0}), ``how`` (provenance text); white-cell classes only (a platelet has no nucleus to blend)."""
+    if not isinstance(a, dict) or not isinstance(a.get("rates"), dict) or not isinstance(a.get("confusers"), dict):
+        raise bad("'ambiguity' needs objects 'rates' and 'confusers'")
+    if not isinstance(a.get("how"), str):
+        raise bad("'ambiguity.how' missing (where the rates come from)")
+    wbc = [c for c in CLASSES if c != "platelet"]
+    for cls, r in a["rates"].items():
+        if cls not in wbc or not isinstance(r, int | float) or isinstance(r, bool) or not 0 <= r <= 1:
+            raise bad(f"'ambiguity.rates.{cls}': a white-cell class and a probability in [0, 1] expected")
+        conf = a["confusers"].get(cls)
+        if r > 0 and (not isinstance(conf, dict) or not conf):
+            raise bad(f"'ambiguity.confusers.{cls}' missing (the classes its borderline cells lean to)")
+        for b, w in (conf or {}).items():
+            if b not in wbc or b == cls or not isinstance(w, int | float) or isinstance(w, bool) or not w > 0:
+                raise bad(f"'ambiguity.confusers.{cls}.{b}': another white-cell class and a positive weight expected")
 
 
 def _check_derived(d, bad) -> None:

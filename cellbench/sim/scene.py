@@ -287,6 +287,63 @@ def _corrections(morph: dict, cls: str) -> tuple[dict, dict]:
     return d["global"], d["classes"].get(cls, {})
 
 
+def _lerp(a, b, t: float):
+    """``(1 - t) a + t b`` for numbers, sequences and arrays of them, and dictionaries key by key
+    (a key that only one side has keeps that side's value); anything else: ``a``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _lerp(a[k], b[k], t) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
+    if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str):
+        return a
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return (1.0 - t) * a + t * b
+    if isinstance(a, list | tuple | np.ndarray) and isinstance(b, list | tuple | np.ndarray) and len(a) == len(b):
+        out = (1.0 - t) * np.asarray(a, dtype=np.float64) + t * np.asarray(b, dtype=np.float64)
+        return out.astype(np.float32) if isinstance(a, np.ndarray) else type(a)(out.tolist())
+    return a
+
+
+def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, dict, dict, str] | None:
+    """A borderline cell of class ``cls`` (the morphology file's ``ambiguity`` section; see
+    :func:`cellbench.sim.morphology.ambiguity_from_confusion`): with probability ``rates[cls]``, the
+    measured shape statistics, the stains and the rendering corrections at a uniform fraction ``t``
+    of the way from ``cls`` to a confuser drawn by ``confusers[cls]``. Returns ``(m, p, c, look)``
+    (``look``: the nearer class, for the granule mask), or ``None`` for an ordinary cell. Draws from
+    ``rng`` only for classes with a positive rate (the other classes' scenes do not change)."""
+    amb = morph.get("ambiguity")
+    rate = float(amb["rates"].get(cls, 0.0)) if amb else 0.0
+    if rate <= 0.0:
+        return None
+    u, pick, t = rng.uniform(), rng.uniform(), rng.uniform()
+    if u >= rate:
+        return None
+    conf = amb["confusers"][cls]
+    names = sorted(conf)
+    w = np.array([float(conf[k]) for k in names])
+    b = names[min(int(np.searchsorted(np.cumsum(w / w.sum()), pick, side="right")), len(names) - 1)]
+    ma, mb = morph["classes"].get(cls, {}), morph["classes"].get(b, {})
+    m = _lerp(ma, mb, t)
+    ha, hb = ma.get("lobe_hist") or {"1": 1.0}, mb.get("lobe_hist") or {"1": 1.0}
+    m["lobe_hist"] = {k: (1 - t) * float(ha.get(k, 0.0)) + t * float(hb.get(k, 0.0)) for k in sorted({**ha, **hb})}
+    pa, pb = _CLASS[cls], _CLASS[b]
+    p = _lerp({k: v for k, v in pa.items() if k != "gran"}, {k: v for k, v in pb.items() if k != "gran"}, t)
+    p["gran_over_nucleus"] = (pa if t < 0.5 else pb).get("gran_over_nucleus", False)
+    _, ca = _corrections(morph, cls)
+    _, cb = _corrections(morph, b)
+    neutral = {"area_gain": 1.0, "nuc_of_dense": 1.0, "chrom_gain": [1.0, 1.0]}
+    c = _lerp({**neutral, **{k: v for k, v in ca.items() if not k.startswith("gran")}},
+              {**neutral, **{k: v for k, v in cb.items() if not k.startswith("gran")}}, t)
+    ga, gb = pa.get("gran"), pb.get("gran")
+    if ga is not None and gb is not None:
+        p["gran"] = _lerp(ga, gb, t)
+        c["gran_r"], c["gran_cover"] = _lerp(ca["gran_r"], cb["gran_r"], t), _lerp(ca["gran_cover"], cb["gran_cover"], t)
+    elif ga is not None or gb is not None:  # one side has granules: fewer of them, as far as it is from it
+        own, cc, share = (ga, ca, 1.0 - t) if ga is not None else (gb, cb, t)
+        p["gran"], c["gran_r"], c["gran_cover"] = own, cc["gran_r"], cc["gran_cover"] * share
+    else:
+        p["gran"] = None
+    return m, p, c, (cls if t < 0.5 else b)
+
+
 def _mean(stats: dict | None, default: float) -> float:
     return float(stats["mean"]) if stats and "mean" in stats else default
 
@@ -524,6 +581,12 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     morph = morphology if morphology is not None else _default_morphology()
     m = morph["classes"].get(cls, {})
     g, c = _corrections(morph, cls)
+    p, look = _CLASS.get(cls), cls
+    if p is None and cls != "platelet":
+        raise ValueError(f"make_scene: unknown class {cls!r} (known: {', '.join([*_CLASS, 'platelet'])})")
+    border = _borderline(morph, cls, rng) if cls in _CLASS else None
+    if border is not None:
+        m, p, c, look = border
     if slide is None:
         slide = Slide.draw(rng)
     stain = slide.stain
@@ -560,7 +623,6 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
             _platelet(rng, size, cy, cx, g["plt_r_gain"] * math.sqrt(area / math.pi), layer0, mask, 0.8, 0.8)
         empty = (np.zeros(5, np.float32), np.zeros((size, size), np.float32))
         return Scene([layer0 * stain[:, None, None], empty, empty], depths, mask, cls)
-    p = _CLASS[cls]
     cell_area = c.get("area_gain", 1.0) * _quantile_sample(
         m.get("cell_area"), rng, math.pi * p["radius"][0] ** 2, 2500.0, 40000.0
     )
@@ -607,7 +669,7 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
         region = cell_a if p.get("gran_over_nucleus") else cell_a * (1 - nucl)
         gmap = _granules(rng, size, region * (dome > 0.2), c["gran_r"], c["gran_cover"]) * cell_a
         part2 = (p["gran"] * stain, gmap.astype(np.float32))
-        if c["gran_r"] >= 3.0 or cls == "ig":  # coarse granules
+        if c["gran_r"] >= 3.0 or look == "ig":  # coarse granules
             mask[(gmap > 0.5) & (cell_a > 0.5)] = M.GRANULES
         else:  # fine neutrophil/monocyte granules: label only the densest spots
             mask[(gmap > 0.8) & (cell_a > 0.5) & (nucl < 0.5)] = M.GRANULES

@@ -1,0 +1,41 @@
+"""Write the ``ambiguity`` section of a morphology file from a realism check's real -> real confusion.
+
+The scene sampler draws borderline cells (between a class and the classes real cells of it are
+mistaken for) at the rates this section holds (:func:`cellbench.sim.morphology.ambiguity_from_confusion`).
+The rates come from a real classifier on real test images, which is what
+``cellbench simulate validate --real DIR --json`` trains and reports as ``real_to_real``::
+
+    .venv/bin/cellbench simulate validate --real ../shared/data/pbc_dm96 --json > /tmp/validate.json
+    .venv/bin/python benchmarks/sim_ambiguity.py /tmp/validate.json cellbench/sim/params/morphology-pbc-v2.json
+
+The file is rewritten atomically with the new section (everything else unchanged); the section's
+``how`` names the validate settings it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cellbench.sim.morphology import ambiguity_from_confusion, load_morphology, save_morphology
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("validate_json", type=Path, help="output of `cellbench simulate validate --json`")
+    ap.add_argument("morphology", type=Path, help="morphology file to update (written in place)")
+    args = ap.parse_args()
+    result = json.loads(args.validate_json.read_text(encoding="utf-8"))
+    rr, st = result["real_to_real"], result.get("settings", {})
+    source = (f"`cellbench simulate validate --real {st.get('real')}` real_to_real (classifier preset "
+              f"{st.get('preset')}, {st.get('input_size')} px, seed {st.get('seed')}, {rr['n']} real test images, "
+              f"accuracy {rr['accuracy']:.4f}), via benchmarks/sim_ambiguity.py")
+    params = load_morphology(args.morphology)
+    params["ambiguity"] = ambiguity_from_confusion(rr["confusion"], list(rr["classes"]), source=source)
+    save_morphology(params, args.morphology)
+    print(json.dumps(params["ambiguity"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""A compiled CPU kernel for per-pixel networks (``pixelnet``'s 1x1 convolutions): the whole MLP in registers.
+
+A StainNet-like network (:class:`cellbench.methods.distill.PixelNet`) maps each pixel's colour on
+its own through a few fully connected layers (1x1 convolutions). Run layer by layer, every layer
+writes ``hidden`` planes of floats to memory and the next reads them back, and the small matrix
+products (``16 x 3`` times ``3 x P``) run far below the CPU's arithmetic peak: about 500 images/s
+of 256x256 per core. Here one function computes the whole network for 16 pixels at a time, each
+hidden activation a 16-lane vector in a register, each weight a broadcast scalar, each multiply-add
+one fused instruction (``llvm.fma``); only the input colours are read and the output colours
+written. The LLVM IR is generated for the network's widths (unrolled over units), compiled once per
+architecture with ``llvmlite`` (as the 3D LUT kernel of :mod:`cellbench.nets.lut`), and run on
+``threads`` threads with the GIL released.
+
+Same arithmetic as the layers up to float rounding (the products are summed in another order and
+fused); ``tests/test_distill.py`` holds the kernel to the network.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+
+import numpy as np
+import torch
+
+from .lut import _BUFFERS, _W, _pool
+
+log = logging.getLogger(__name__)
+
+__all__ = ["mlp_kernel_available", "apply_pixel_mlp"]
+
+
+def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
+    """LLVM IR of ``void NAME(ptr x, ptr out, ptr params, i64 n, i64 plane, i64 start, i64 stop)``.
+
+    ``x`` holds ``n`` planar inputs ``(widths[0], plane)`` and ``out`` ``n`` planar outputs
+    ``(3, plane)``, float32; pixels ``[start, stop)`` of each (a multiple of 16) are mapped.
+    ``params`` holds, layer after layer, the weight matrix ``(out, in)`` row-major, then the bias
+    ``(out,)``. ReLU after every layer but the last; with ``residual`` the first three input planes
+    (the colour) are added to the output.
+    """
+    v = f"<{_W} x float>"
+    lines: list[str] = []
+    emit = lines.append
+    fm = "contract"
+    emit(f"define void @{name}(ptr noalias nocapture readonly %x, ptr noalias nocapture %out, "
+         "ptr noalias nocapture readonly %params, i64 %n, i64 %plane, i64 %start, i64 %stop) {")
+    emit("entry:")
+    # every weight as a splat vector, once per call (the backend keeps them in registers or as
+    # broadcast memory operands)
+    offset = 0
+    weights: list[tuple[list[list[str]], list[str]]] = []
+    for layer, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        wmat = []
+        for j in range(b):
+            row = []
+            for i in range(a):
+                nm = f"w{layer}_{j}_{i}"
+                emit(f"  %{nm}.p = getelementptr float, ptr %params, i64 {offset}")
+                emit(f"  %{nm}.s = load float, ptr %{nm}.p, align 4")
+                emit(f"  %{nm}.0 = insertelement {v} poison, float %{nm}.s, i64 0")
+                emit(f"  %{nm} = shufflevector {v} %{nm}.0, {v} poison, <{_W} x i32> zeroinitializer")
+                row.append(f"%{nm}")
+                offset += 1
+            wmat.append(row)
+        bias = []
+        for j in range(b):
+            nm = f"b{layer}_{j}"
+            emit(f"  %{nm}.p = getelementptr float, ptr %params, i64 {offset}")
+            emit(f"  %{nm}.s = load float, ptr %{nm}.p, align 4")
+            emit(f"  %{nm}.0 = insertelement {v} poison, float %{nm}.s, i64 0")
+            emit(f"  %{nm} = shufflevector {v} %{nm}.0, {v} poison, <{_W} x i32> zeroinitializer")
+            bias.append(f"%{nm}")
+            offset += 1
+        weights.append((wmat, bias))
+    emit(f"  %stride.in = mul i64 %plane, {widths[0]}")
+    emit("  %stride = mul i64 %plane, 3")
+    emit("  br label %img")
+    emit("img:")
+    emit("  %i = phi i64 [ 0, %entry ], [ %i.next, %img.end ]")
+    emit("  %more = icmp slt i64 %i, %n")
+    emit("  br i1 %more, label %img.body, label %exit")
+    emit("img.body:")
+    emit("  %off.in = mul i64 %i, %stride.in")
+    emit("  %off = mul i64 %i, %stride")
+    emit("  %x0 = getelementptr float, ptr %x, i64 %off.in")
+    for c in range(1, widths[0]):
+        emit(f"  %x{c} = getelementptr float, ptr %x{c - 1}, i64 %plane")
+    emit("  %y0 = getelementptr float, ptr %out, i64 %off")
+    emit("  %y1 = getelementptr float, ptr %y0, i64 %plane")
+    emit("  %y2 = getelementptr float, ptr %y1, i64 %plane")
+    emit("  br label %px")
+    emit("px:")
+    emit("  %k = phi i64 [ %start, %img.body ], [ %k.next, %px.body ]")
+    emit("  %pmore = icmp slt i64 %k, %stop")
+    emit("  br i1 %pmore, label %px.body, label %img.end")
+    emit("px.body:")
+    h = []
+    for c in range(widths[0]):
+        emit(f"  %in{c}.p = getelementptr float, ptr %x{c}, i64 %k")
+        emit(f"  %in{c} = load {v}, ptr %in{c}.p, align 4")
+        h.append(f"%in{c}")
+    inputs = list(h)
+    last = len(weights) - 1
+    for layer, (wmat, bias) in enumerate(weights):
+        nxt = []
+        for j, row in enumerate(wmat):
+            acc = bias[j]
+            for i, wv in enumerate(row):
+                nm = f"%a{layer}_{j}_{i}"
+                emit(f"  {nm} = call {fm} {v} @llvm.fma.v{_W}f32({v} {wv}, {v} {h[i]}, {v} {acc})")
+                acc = nm
+            if layer < last:
+                emit(f"  %h{layer}_{j} = call {v} @llvm.maxnum.v{_W}f32({v} {acc}, {v} zeroinitializer)")
+                acc = f"%h{layer}_{j}"
+            elif residual:
+                emit(f"  %r{j} = fadd {v} {acc}, {inputs[j]}")
+                acc = f"%r{j}"
+            nxt.append(acc)
+        h = nxt
+    for c in range(3):
+        emit(f"  %o{c}.p = getelementptr float, ptr %y{c}, i64 %k")
+        emit(f"  store {v} {h[c]}, ptr %o{c}.p, align 4")
+    emit(f"  %k.next = add i64 %k, {_W}")
+    emit("  br label %px")
+    emit("img.end:")
+    emit("  %i.next = add i64 %i, 1")
+    emit("  br label %img")
+    emit("exit:")
+    emit("  ret void")
+    emit("}")
+    decls = [f"declare {v} @llvm.fma.v{_W}f32({v}, {v}, {v})", f"declare {v} @llvm.maxnum.v{_W}f32({v}, {v})"]
+    return "\n".join(decls) + "\n" + "\n".join(lines) + "\n"
+
+
+class _Compiled:
+    """Kernels compiled per (widths, residual), kept for the process's life."""
+
+    _lock = threading.Lock()
+    _cache: dict[tuple, object] = {}
+    _failed: str | None = None
+
+    @classmethod
+    def get(cls, widths: tuple[int, ...], residual: bool):
+        key = (widths, residual)
+        if key in cls._cache or cls._failed is not None:
+            return cls._cache.get(key)
+        with cls._lock:
+            if key not in cls._cache and cls._failed is None:
+                try:
+                    cls._cache[key] = cls._build(widths, residual)
+                except Exception as exc:  # noqa: BLE001 - any JIT problem falls back to torch
+                    cls._failed = f"{type(exc).__name__}: {exc}"
+                    log.warning("pixel-network kernel unavailable (%s); using torch", cls._failed)
+        return cls._cache.get(key)
+
+    @staticmethod
+    def _build(widths: tuple[int, ...], residual: bool):
+        if os.environ.get("CELLBENCH_NO_LUT_KERNEL") or os.environ.get("CELLBENCH_NO_PIXEL_KERNEL"):
+            raise RuntimeError("disabled by CELLBENCH_NO_LUT_KERNEL / CELLBENCH_NO_PIXEL_KERNEL")
+        import llvmlite.binding as llvm
+
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        target = llvm.Target.from_default_triple()
+        tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                          opt=3, codemodel="jitdefault")
+        name = "pixel_mlp_" + "_".join(str(w) for w in widths) + ("_res" if residual else "")
+        mod = llvm.parse_assembly(_mlp_ir(widths, residual, name))
+        mod.verify()
+        engine = llvm.create_mcjit_compiler(mod, tm)
+        engine.finalize_object()
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+        return {"engine": engine, "module": mod, "tm": tm, "fn": proto(engine.get_function_address(name))}
+
+
+#: widths beyond which the unrolled kernel stops paying (register pressure, IR size): torch runs those
+MAX_KERNEL_UNITS = 64
+
+
+def mlp_kernel_available(widths: tuple[int, ...], residual: bool = False) -> bool:
+    """Whether the compiled kernel runs this architecture on this machine."""
+    if widths[0] < 3 or widths[-1] != 3 or max(widths) > MAX_KERNEL_UNITS:
+        return False
+    return _Compiled.get(tuple(int(w) for w in widths), bool(residual)) is not None
+
+
+def apply_pixel_mlp(images: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], *, residual: bool = False,
+                    threads: int | None = None) -> torch.Tensor | None:
+    """The per-pixel MLP ``layers`` (``[(weight (out, in), bias (out,)), ...]``, ReLU between) on CPU
+    float32 inputs ``(N, C, H, W)`` (``C = in`` of the first layer; the colour first), giving
+    ``(N, 3, H, W)``, through the compiled kernel; ``None`` when the kernel cannot run it (the
+    caller falls back to torch). Threads split the images (or, with fewer images than threads, each
+    image's pixels); the last ``H*W % 16`` pixels of each image run in torch.
+    """
+    widths = tuple([int(layers[0][0].shape[1])] + [int(w.shape[0]) for w, _ in layers])
+    if images.device.type != "cpu" or images.dtype != torch.float32 or not mlp_kernel_available(widths, residual):
+        return None
+    kern = _Compiled.get(widths, residual)
+    x = images.contiguous()
+    n, cin, h, w = x.shape
+    if cin != widths[0]:
+        raise ValueError(f"apply_pixel_mlp: {cin} input planes for a first layer of {widths[0]} inputs")
+    plane = h * w
+    params = torch.cat([t.detach().float().reshape(-1) for pair in layers for t in pair]).contiguous()
+    out = _BUFFERS.empty((n, 3, h, w))  # pooled: a fresh 50 MB output costs page faults (nets/lut.py)
+    fn = kern["fn"]
+    full = plane - plane % _W
+    threads = max(1, int(threads or torch.get_num_threads()))
+    xp, op, pp = x.data_ptr(), out.data_ptr(), params.data_ptr()
+    jobs: list[tuple[int, int, int, int]] = []
+    if full:
+        if n >= threads:
+            bounds = np.linspace(0, n, min(threads, n) + 1).round().astype(int)
+            jobs = [(int(a), int(b - a), 0, full) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        else:
+            cuts = np.linspace(0, full // _W, threads + 1).round().astype(int) * _W
+            jobs = [(i, 1, int(a), int(b)) for i in range(n) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+    if len(jobs) <= 1 or threads == 1:
+        for first, count, a, b in jobs:
+            fn(xp + first * cin * plane * 4, op + first * 3 * plane * 4, pp, count, plane, a, b)
+    else:
+        pool = _pool(threads)
+        for f in [pool.submit(fn, xp + first * cin * plane * 4, op + first * 3 * plane * 4, pp, count, plane, a, b)
+                  for first, count, a, b in jobs]:
+            f.result()
+    if full < plane:  # the tail of each image, in torch
+        t = x.reshape(n, cin, plane)[:, :, full:]
+        hcur = t
+        for k, (wk, bk) in enumerate(layers):
+            hcur = torch.einsum("oi,nip->nop", wk.detach().float(), hcur) + bk.detach().float()[None, :, None]
+            if k < len(layers) - 1:
+                hcur = hcur.clamp_min(0)
+        out.reshape(n, 3, plane)[:, :, full:] = hcur + t[:, :3] if residual else hcur
+    del params  # kept alive until every job has finished (above)
+    return out
