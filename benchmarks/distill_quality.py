@@ -110,7 +110,8 @@ def main() -> None:
             s_de = wbc_ciede2000(so, test.y, test.masks)
             vs = wbc_ciede2000(so, ty, test.masks)
             ips = throughput(student, bench_x, args.rounds)
-            rows.append({"teacher": tname, "student": kind, "options": student_opts.get(kind, {}), "fit_s": fit_s, "wbc_ciede2000": s_de,
+            rows.append({"teacher": tname, "student": kind, "options": student_opts.get(kind, {}), "fit_s": fit_s,
+                         "wbc_ciede2000": s_de,
                          "teacher_wbc_ciede2000": t_de, "gap": s_de - t_de, "vs_teacher": vs, "images_per_s": ips})
             print(f"| {tname} | {kind} | {fit_s:.1f} | {t_de:.3f} | {s_de:.3f} ({s_de - t_de:+.3f}) | {vs:.3f} | "
                   f"{ips:.0f} |", flush=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellbench.data.classes import CLASSES
-from cellbench.data.masks import CYTOPLASM, NUCLEUS
+from cellbench.data.masks import NUCLEUS
 from cellbench.errors import ConfigError
 from cellbench.io import write_image
 from cellbench.sim import load_system, make_scene, render

@@ -541,14 +541,18 @@ class CtxPoolNet(nn.Module):
         nn.init.zeros_(self.convs[-1].bias)
         self.residual = True
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3 (1 + len(scales)), H, W)``: the colour, then its local means (sides need not divide)."""
+    def feature_list(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The colour, then its local means, each ``(N, 3, H, W)`` (sides need not divide by a scale)."""
         _, _, h, w = x.shape
         feats = [x]
         for sc in self.scales:
             m = F.adaptive_avg_pool2d(x, (max(1, -(-h // sc)), max(1, -(-w // sc))))
             feats.append(F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False))
-        return torch.cat(feats, 1)
+        return feats
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3 (1 + len(scales)), H, W)``: :meth:`feature_list` concatenated."""
+        return torch.cat(self.feature_list(x), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
@@ -587,7 +591,7 @@ class CtxNormalizer(NetStudent):
     sweep_fit_cost = "heavy"
 
     name = "ctx"
-    description = "small-context student: a pixel network on the colour and its local means (context-dependent teachers)"
+    description = "small-context student: a pixel network on the colour and its local means (context teachers)"
 
     def __init__(self, arch: str = "pool", scales: tuple[int, ...] | list[int] = (4, 16), hidden: int = 16,
                  widths: tuple[int, int] | list[int] = (8, 8), local: int = 4, head: int = 16,
@@ -675,19 +679,19 @@ CTX_POOL_CHUNK = 8
 
 def ctx_pool_cpu(net: CtxPoolNet, x: torch.Tensor, *, chunk: int = CTX_POOL_CHUNK) -> torch.Tensor:
     """``net(x)`` on the CPU, fast: the features (colour and local means) in torch, ``chunk`` images at
-    a time, and the pixel network through the compiled kernel (:func:`cellbench.nets.pixel_kernel.apply_pixel_mlp`;
-    torch where it cannot run). Same values as ``net(x)`` up to float rounding (tested)."""
+    a time, read in place (no concatenation) by the pixel network in the compiled kernel
+    (:func:`cellbench.nets.pixel_kernel.apply_pixel_mlp`; torch where it cannot run). Same values as
+    ``net(x)`` up to float rounding (tested)."""
     from ..nets.pixel_kernel import apply_pixel_mlp
 
     layers = [(conv.weight[:, :, 0, 0], conv.bias) for conv in net.convs]
     out = torch.empty(x.shape, dtype=x.dtype)
     for s in range(0, len(x), chunk):
         part = x[s:s + chunk]
-        feats = net.features(part)
-        fast = apply_pixel_mlp(feats, layers, residual=True)
-        out[s:s + chunk] = fast if fast is not None else net(part)
+        # the features are read in place (no concatenation), the result written into ``out``
+        if apply_pixel_mlp(net.feature_list(part), layers, residual=True, out=out[s:s + chunk]) is None:
+            out[s:s + chunk] = net(part)
     return out
-
 
 
 #: full-resolution rows per step of :func:`ctx_forward_cpu` (even: the context map has half the rows)

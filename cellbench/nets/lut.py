@@ -400,6 +400,17 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
+#: shared with the pixel-network kernel (:mod:`cellbench.nets.pixel_kernel`): the vector width, the
+#: pooled output buffers and the thread pool the compiled kernels run on
+VECTOR_WIDTH = _W
+OUTPUT_BUFFERS = _BUFFERS
+
+
+def kernel_thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of at least ``workers`` threads for the compiled kernels (GIL released)."""
+    return _pool(workers)
+
+
 def kernel_available() -> bool:
     """Whether the compiled CPU kernel can be used (else :func:`apply_lut` runs the torch reference)."""
     return _Kernel.get() is not None

@@ -21,22 +21,28 @@ import ctypes
 import logging
 import os
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .lut import _BUFFERS, _W, _pool
+from .lut import OUTPUT_BUFFERS, VECTOR_WIDTH, kernel_thread_pool
 
 log = logging.getLogger(__name__)
+_W = VECTOR_WIDTH  # 16 float32 lanes per step, as the LUT kernel
 
 __all__ = ["mlp_kernel_available", "apply_pixel_mlp"]
 
 
 def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
-    """LLVM IR of ``void NAME(ptr x, ptr out, ptr params, i64 n, i64 plane, i64 start, i64 stop)``.
+    """LLVM IR of ``void NAME(ptr x_0, i64 s_0, ..., ptr x_G-1, i64 s_G-1, ptr out, ptr params, i64 n,
+    i64 plane, i64 start, i64 stop)``.
 
-    ``x`` holds ``n`` planar inputs ``(widths[0], plane)`` and ``out`` ``n`` planar outputs
-    ``(3, plane)``, float32; pixels ``[start, stop)`` of each (a multiple of 16) are mapped.
+    The ``widths[0]`` input planes come in ``G = widths[0] / 3`` groups of three: group ``g``'s image
+    ``i`` starts at ``x_g + i * s_g`` (floats) and holds three planes of ``plane`` floats, so one
+    ``(N, 3G, H, W)`` tensor (``s_g = 3G * plane``) and ``G`` separate ``(N, 3, H, W)`` tensors
+    (``s_g = 3 * plane``) both run without a copy. ``out`` holds ``n`` planar outputs ``(3, plane)``,
+    float32; pixels ``[start, stop)`` of each image (a multiple of 16) are mapped.
     ``params`` holds, layer after layer, the weight matrix ``(out, in)`` row-major, then the bias
     ``(out,)``. ReLU after every layer but the last; with ``residual`` the first three input planes
     (the colour) are added to the output.
@@ -45,7 +51,9 @@ def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
     lines: list[str] = []
     emit = lines.append
     fm = "contract"
-    emit(f"define void @{name}(ptr noalias nocapture readonly %x, ptr noalias nocapture %out, "
+    groups = widths[0] // 3
+    args = ", ".join(f"ptr noalias nocapture readonly %x.g{g}, i64 %s.g{g}" for g in range(groups))
+    emit(f"define void @{name}({args}, ptr noalias nocapture %out, "
          "ptr noalias nocapture readonly %params, i64 %n, i64 %plane, i64 %start, i64 %stop) {")
     emit("entry:")
     # every weight as a splat vector, once per call (the backend keeps them in registers or as
@@ -75,7 +83,6 @@ def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
             bias.append(f"%{nm}")
             offset += 1
         weights.append((wmat, bias))
-    emit(f"  %stride.in = mul i64 %plane, {widths[0]}")
     emit("  %stride = mul i64 %plane, 3")
     emit("  br label %img")
     emit("img:")
@@ -83,11 +90,12 @@ def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
     emit("  %more = icmp slt i64 %i, %n")
     emit("  br i1 %more, label %img.body, label %exit")
     emit("img.body:")
-    emit("  %off.in = mul i64 %i, %stride.in")
     emit("  %off = mul i64 %i, %stride")
-    emit("  %x0 = getelementptr float, ptr %x, i64 %off.in")
-    for c in range(1, widths[0]):
-        emit(f"  %x{c} = getelementptr float, ptr %x{c - 1}, i64 %plane")
+    for g in range(groups):
+        emit(f"  %off.g{g} = mul i64 %i, %s.g{g}")
+        emit(f"  %x{3 * g} = getelementptr float, ptr %x.g{g}, i64 %off.g{g}")
+        for c in (1, 2):
+            emit(f"  %x{3 * g + c} = getelementptr float, ptr %x{3 * g + c - 1}, i64 %plane")
     emit("  %y0 = getelementptr float, ptr %out, i64 %off")
     emit("  %y1 = getelementptr float, ptr %y0, i64 %plane")
     emit("  %y2 = getelementptr float, ptr %y1, i64 %plane")
@@ -172,8 +180,8 @@ class _Compiled:
         mod.verify()
         engine = llvm.create_mcjit_compiler(mod, tm)
         engine.finalize_object()
-        proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+        proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p, ctypes.c_int64] * (widths[0] // 3)), ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
         return {"engine": engine, "module": mod, "tm": tm, "fn": proto(engine.get_function_address(name))}
 
 
@@ -183,34 +191,53 @@ MAX_KERNEL_UNITS = 64
 
 def mlp_kernel_available(widths: tuple[int, ...], residual: bool = False) -> bool:
     """Whether the compiled kernel runs this architecture on this machine."""
-    if widths[0] < 3 or widths[-1] != 3 or max(widths) > MAX_KERNEL_UNITS:
+    if widths[0] < 3 or widths[0] % 3 or widths[-1] != 3 or max(widths) > MAX_KERNEL_UNITS:
         return False
     return _Compiled.get(tuple(int(w) for w in widths), bool(residual)) is not None
 
 
-def apply_pixel_mlp(images: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], *, residual: bool = False,
-                    threads: int | None = None) -> torch.Tensor | None:
+def apply_pixel_mlp(images: torch.Tensor | Sequence[torch.Tensor], layers: list[tuple[torch.Tensor, torch.Tensor]], *,
+                    residual: bool = False, threads: int | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor | None:
     """The per-pixel MLP ``layers`` (``[(weight (out, in), bias (out,)), ...]``, ReLU between) on CPU
-    float32 inputs ``(N, C, H, W)`` (``C = in`` of the first layer; the colour first), giving
-    ``(N, 3, H, W)``, through the compiled kernel; ``None`` when the kernel cannot run it (the
-    caller falls back to torch). Threads split the images (or, with fewer images than threads, each
-    image's pixels); the last ``H*W % 16`` pixels of each image run in torch.
+    float32 inputs, giving ``(N, 3, H, W)``, through the compiled kernel; ``None`` when the kernel
+    cannot run it (the caller falls back to torch).
+
+    ``images``: one ``(N, C, H, W)`` tensor (``C = in`` of the first layer, a multiple of 3; the colour
+    first), or a sequence of ``(N, 3, H, W)`` tensors whose planes, in order, are the inputs (read in
+    place: no concatenated copy). With ``residual`` the first three planes are added to the output.
+    Threads split the images (or, with fewer images than threads, each image's pixels); the last
+    ``H*W % 16`` pixels of each image run in torch. ``out``: a contiguous float32 ``(N, 3, H, W)``
+    tensor to write into (default: a pooled buffer).
     """
+    parts = [images] if isinstance(images, torch.Tensor) else list(images)
     widths = tuple([int(layers[0][0].shape[1])] + [int(w.shape[0]) for w, _ in layers])
-    if images.device.type != "cpu" or images.dtype != torch.float32 or not mlp_kernel_available(widths, residual):
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in parts) \
+            or not mlp_kernel_available(widths, residual):
         return None
+    parts = [p.contiguous() for p in parts]
+    n, _, h, w = parts[0].shape
+    if any(p.shape[0] != n or p.shape[2:] != parts[0].shape[2:] for p in parts):
+        raise ValueError("apply_pixel_mlp: the input tensors differ in images or size")
+    cin = sum(int(p.shape[1]) for p in parts)
+    if cin != widths[0] or any(p.shape[1] % 3 for p in parts):
+        raise ValueError(f"apply_pixel_mlp: {cin} input planes (in groups of 3) for a first layer of "
+                         f"{widths[0]} inputs")
     kern = _Compiled.get(widths, residual)
-    x = images.contiguous()
-    n, cin, h, w = x.shape
-    if cin != widths[0]:
-        raise ValueError(f"apply_pixel_mlp: {cin} input planes for a first layer of {widths[0]} inputs")
     plane = h * w
+    groups = []  # (pointer, image stride in floats) per group of three planes
+    for p in parts:
+        c = int(p.shape[1])
+        groups += [(p.data_ptr() + 4 * 3 * k * plane, c * plane) for k in range(c // 3)]
     params = torch.cat([t.detach().float().reshape(-1) for pair in layers for t in pair]).contiguous()
-    out = _BUFFERS.empty((n, 3, h, w))  # pooled: a fresh 50 MB output costs page faults (nets/lut.py)
+    if out is None:
+        out = OUTPUT_BUFFERS.empty((n, 3, h, w))  # pooled: a fresh 50 MB output costs page faults (nets/lut.py)
+    elif out.shape != (n, 3, h, w) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"apply_pixel_mlp: out must be a contiguous float32 tensor of shape {(n, 3, h, w)}")
     fn = kern["fn"]
     full = plane - plane % _W
     threads = max(1, int(threads or torch.get_num_threads()))
-    xp, op, pp = x.data_ptr(), out.data_ptr(), params.data_ptr()
+    op, pp = out.data_ptr(), params.data_ptr()
     jobs: list[tuple[int, int, int, int]] = []
     if full:
         if n >= threads:
@@ -219,21 +246,25 @@ def apply_pixel_mlp(images: torch.Tensor, layers: list[tuple[torch.Tensor, torch
         else:
             cuts = np.linspace(0, full // _W, threads + 1).round().astype(int) * _W
             jobs = [(i, 1, int(a), int(b)) for i in range(n) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+    def call(first: int, count: int, a: int, b: int) -> None:
+        ins = [v for ptr, stride in groups for v in (ptr + 4 * first * stride, stride)]
+        fn(*ins, op + first * 3 * plane * 4, pp, count, plane, a, b)
+
     if len(jobs) <= 1 or threads == 1:
-        for first, count, a, b in jobs:
-            fn(xp + first * cin * plane * 4, op + first * 3 * plane * 4, pp, count, plane, a, b)
+        for job in jobs:
+            call(*job)
     else:
-        pool = _pool(threads)
-        for f in [pool.submit(fn, xp + first * cin * plane * 4, op + first * 3 * plane * 4, pp, count, plane, a, b)
-                  for first, count, a, b in jobs]:
+        pool = kernel_thread_pool(threads)
+        for f in [pool.submit(call, *job) for job in jobs]:
             f.result()
     if full < plane:  # the tail of each image, in torch
-        t = x.reshape(n, cin, plane)[:, :, full:]
+        t = torch.cat([p.reshape(n, int(p.shape[1]), plane)[:, :, full:] for p in parts], 1)
         hcur = t
         for k, (wk, bk) in enumerate(layers):
             hcur = torch.einsum("oi,nip->nop", wk.detach().float(), hcur) + bk.detach().float()[None, :, None]
             if k < len(layers) - 1:
                 hcur = hcur.clamp_min(0)
         out.reshape(n, 3, plane)[:, :, full:] = hcur + t[:, :3] if residual else hcur
-    del params  # kept alive until every job has finished (above)
+    del params, parts  # kept alive until every job has finished (above)
     return out

@@ -335,7 +335,8 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
     ga, gb = pa.get("gran"), pb.get("gran")
     if ga is not None and gb is not None:
         p["gran"] = _lerp(ga, gb, t)
-        c["gran_r"], c["gran_cover"] = _lerp(ca["gran_r"], cb["gran_r"], t), _lerp(ca["gran_cover"], cb["gran_cover"], t)
+        c["gran_r"] = _lerp(ca["gran_r"], cb["gran_r"], t)
+        c["gran_cover"] = _lerp(ca["gran_cover"], cb["gran_cover"], t)
     elif ga is not None or gb is not None:  # one side has granules: fewer of them, as far as it is from it
         own, cc, share = (ga, ca, 1.0 - t) if ga is not None else (gb, cb, t)
         p["gran"], c["gran_r"], c["gran_cover"] = own, cc["gran_r"], cc["gran_cover"] * share
