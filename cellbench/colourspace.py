@@ -31,7 +31,7 @@ _D65_WHITE = (0.95047, 1.0, 1.08883)
 _DTYPE = torch.float64
 
 
-def _as_float_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _as_float_images(images: torch.Tensor | np.ndarray, dtype: torch.dtype = _DTYPE) -> torch.Tensor:
     """``(N, 3, H, W)`` / ``(3, H, W)`` floats in [0, 1] or uint8 (tensor), or ``(N, H, W, 3)`` numpy -> float64."""
     t = images
     if isinstance(t, np.ndarray):
@@ -43,25 +43,28 @@ def _as_float_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     if t.ndim != 4 or t.shape[1] != 3:
         raise ValueError(f"images: expected shape (N, 3, H, W), got {tuple(images.shape)}")
     if t.dtype == torch.uint8:
-        return t.to(_DTYPE) / 255.0
+        return t.to(dtype) / 255.0
     if not t.is_floating_point():
         raise ValueError(f"images: expected floats in [0, 1] or uint8, got {t.dtype}")
-    return t.to(_DTYPE)
+    return t.to(dtype)
 
 
-def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
-    """sRGB ``(N, 3, H, W)`` in [0, 1] -> CIELAB ``(N, 3, H, W)`` float64 (D65, 2 degree observer).
+def rgb_to_lab(images: torch.Tensor, *, dtype: torch.dtype = _DTYPE) -> torch.Tensor:
+    """sRGB ``(N, 3, H, W)`` in [0, 1] -> CIELAB ``(N, 3, H, W)`` (D65, 2 degree observer), computed in
+    ``dtype`` (float64 by default; float32 for a training loss).
 
     Same formulas and constants as ``skimage.color.rgb2lab``: sRGB decoding (threshold 0.04045,
     exponent 2.4), the sRGB->XYZ matrix, white (0.95047, 1, 1.08883), the CIE cube root with the
-    linear segment below 0.008856 (slope 7.787, offset 16/116). L in [0, 100].
+    linear segment below 0.008856 (slope 7.787, offset 16/116). L in [0, 100]. Each power's argument
+    is clamped to its branch's domain (the other branch's value is kept), so the gradient is finite
+    for inputs in [0, 1].
     """
-    x = _as_float_images(images)
-    lin = torch.where(x > 0.04045, ((x + 0.055) / 1.055).pow(2.4), x / 12.92)
-    mat = torch.tensor(_XYZ_FROM_RGB, dtype=_DTYPE, device=x.device)
-    white = torch.tensor(_D65_WHITE, dtype=_DTYPE, device=x.device).view(1, 3, 1, 1)
+    x = _as_float_images(images, dtype)
+    lin = torch.where(x > 0.04045, ((x.clamp_min(0.04045) + 0.055) / 1.055).pow(2.4), x / 12.92)
+    mat = torch.tensor(_XYZ_FROM_RGB, dtype=dtype, device=x.device)
+    white = torch.tensor(_D65_WHITE, dtype=dtype, device=x.device).view(1, 3, 1, 1)
     xyz = torch.einsum("ij,njhw->nihw", mat, lin) / white
-    f = torch.where(xyz > 0.008856, xyz.pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(0.008856).pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
     fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
     return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
 

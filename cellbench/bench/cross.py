@@ -25,7 +25,7 @@ image when there are fewer: the in-memory values); accuracy, the gain and McNema
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,28 @@ def decoded_mb(n_images: int, size: int) -> float:
     return n_images * 3 * size * size * 4 / 2**20
 
 
+def streaming_from_config(cfg, count_images: Callable[[], int], what: str) -> Streaming | None:
+    """The run profile's ``stream`` choice for a folder dataset: ``"on"``, or ``"auto"`` when its
+    ``count_images()`` images as float32 would exceed :data:`~cellbench.bench.config.STREAM_AUTO_MB`,
+    gives a :class:`Streaming` of ``stream_cache_mb`` (and returns freed batch buffers to the system);
+    ``"off"`` or a small ``"auto"`` dataset: ``None`` (in memory). Shared by the cross and paired tracks."""
+    from .config import STREAM_AUTO_MB
+
+    mode = getattr(cfg, "stream", "off")
+    if mode == "off":
+        return None
+    if mode == "auto":
+        mb = decoded_mb(count_images(), cfg.size)
+        if mb <= STREAM_AUTO_MB:
+            return None
+        log.info("%s: %.0f MB of decoded images (> %.0f MB): streaming them (cache %.0f MB)", what, mb,
+                 STREAM_AUTO_MB, cfg.stream_cache_mb)
+    from ..data.stream import fix_mmap_threshold
+
+    fix_mmap_threshold()  # batch-sized temporaries go back to the system when freed (no heap growth)
+    return Streaming(cache_mb=float(cfg.stream_cache_mb))
+
+
 def eval_subset(n: int, cap: int | None, seed: int) -> np.ndarray:
     """Indices (sorted) of at most ``cap`` of ``n`` items, seeded; ``arange(n)`` when ``n <= cap``."""
     if cap is None or n <= cap:
@@ -92,23 +114,7 @@ class CrossTrack:
         self._data: dict[str, Any] | None = None
 
     def _stream_from_config(self) -> Streaming | None:
-        """``stream="on"``, or ``"auto"`` with folders whose images as float32 would exceed
-        :data:`~cellbench.bench.config.STREAM_AUTO_MB`: a :class:`Streaming` of ``stream_cache_mb``."""
-        from .config import STREAM_AUTO_MB
-
-        mode = getattr(self.cfg, "stream", "off")
-        if mode == "off":
-            return None
-        if mode == "auto":
-            mb = decoded_mb(self._count_images(), self.cfg.size)
-            if mb <= STREAM_AUTO_MB:
-                return None
-            log.info("cross data: %.0f MB of decoded images (> %.0f MB): streaming them (cache %.0f MB)", mb,
-                     STREAM_AUTO_MB, self.cfg.stream_cache_mb)
-        from ..data.stream import fix_mmap_threshold
-
-        fix_mmap_threshold()  # batch-sized temporaries go back to the system when freed (no heap growth)
-        return Streaming(cache_mb=float(self.cfg.stream_cache_mb))
+        return streaming_from_config(self.cfg, self._count_images, "cross data")
 
     def _count_images(self) -> int:
         from ..data.folders import LabelledFolder

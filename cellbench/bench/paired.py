@@ -53,6 +53,7 @@ class PairedTrack:
         self._masks: torch.Tensor | None = None
         self._proba: dict[str, np.ndarray] = {}  # the classifier's probabilities on y / y2 (this process)
         self._per_image: dict[str, dict[str, np.ndarray]] = {}  # loaded by summary_records, for the artifacts
+        self._sim_hash: str | None = None  # the simulator's source hash, once read (:meth:`_simulator_hash`)
         #: ``paired:ROOT`` streamed (run profile ``stream``): the training pairs are read on demand
         #: (:mod:`cellbench.data.stream`, no decoded copy in the stage cache or in memory); validation and
         #: test pairs are decoded and cached as always (the per-image paired evaluation holds the test split)
@@ -61,25 +62,11 @@ class PairedTrack:
         self.eval_cap = None
 
     def _stream_from_config(self):
-        from ..data.cross import Streaming
-        from .config import STREAM_AUTO_MB
+        from ..data.folders import PairedFolder
+        from .cross import streaming_from_config
 
-        mode = getattr(self.cfg, "stream", "off")
-        if mode == "off":
-            return None
-        if mode == "auto":
-            from ..data.folders import PairedFolder
-            from .cross import decoded_mb
-
-            mb = decoded_mb(2 * len(PairedFolder(self.spec.path, seed=self.seed).items), self.cfg.size)
-            if mb <= STREAM_AUTO_MB:
-                return None
-            log.info("paired data: %.0f MB of decoded images (> %.0f MB): streaming the training pairs", mb,
-                     STREAM_AUTO_MB)
-        from ..data.stream import fix_mmap_threshold
-
-        fix_mmap_threshold()  # batch-sized temporaries go back to the system when freed (no heap growth)
-        return Streaming(cache_mb=float(self.cfg.stream_cache_mb))
+        return streaming_from_config(self.cfg, lambda: 2 * len(PairedFolder(self.spec.path, seed=self.seed).items),
+                                     "paired data (training pairs)")
 
     # -- data ---------------------------------------------------------------------------------------
     def data_key(self) -> dict[str, Any]:
@@ -92,12 +79,18 @@ class PairedTrack:
         else:
             key["dataset"] = folder_fingerprint(self.spec.path)
         if self.spec.kind in ("synthetic", "resim"):  # the simulator's code and parameter files
-            from ..eval.validate import simulator_fingerprint
-
-            key["simulator"] = simulator_fingerprint()["source_sha256"]
+            key["simulator"] = self._simulator_hash()
         if self.spec.kind == "resim":
             key["resim_limit_per_class"] = self.cfg.resim_limit_per_class
         return key
+
+    def _simulator_hash(self) -> str:
+        """The simulator's source hash (read once per track: every stage key asks for it)."""
+        if self._sim_hash is None:
+            from ..eval.validate import simulator_fingerprint
+
+            self._sim_hash = simulator_fingerprint()["source_sha256"]
+        return self._sim_hash
 
     def classifier_key(self) -> dict[str, Any]:
         return {"data": self.data_key()}
@@ -167,7 +160,7 @@ class PairedTrack:
         limit = self.cfg.resim_limit_per_class or None
         st = self.cache.stage("resim", {"real": folder_fingerprint(self.spec.path), "size": self.cfg.size,
                                          "seed": self.seed, "limit": limit, "version": __version__,
-                                         "simulator": self.data_key()["simulator"]})
+                                         "simulator": self._simulator_hash()})
         if not self.cache.ready(st):
             self.cache.begin(st)
             st.write_dir("pairs", lambda tmp: resimulate_folder(self.spec.path, tmp, size=self.cfg.size,

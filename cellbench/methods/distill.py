@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..colourspace import rgb_to_lab
 from ..data.sets import PairedSet, UnpairedSet
 from ..errors import ConfigError
-from ..nets.lut import INTERPOLATIONS, apply_lut, colour_histogram, fit_lut, identity_lut, interp_weights
+from ..nets.lut import INTERPOLATIONS, apply_lut, colour_histogram, fit_lut, identity_lut, interp_weights, run_jobs
 from ..options import check_choice, check_float, check_int
 from ..tensors import check_batch
 from .base import Normalizer, create_normalizer, register_normalizer
@@ -294,19 +295,11 @@ class PixelNet(nn.Module):
         return h + px if self.residual else h
 
 
-_XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
-                              [0.019334, 0.119193, 0.950227]]) / torch.tensor([0.95047, 1.0, 1.08883])[:, None]
-
-
 def lab_pixels(px: torch.Tensor) -> torch.Tensor:
-    """Differentiable sRGB -> CIELAB of ``(P, 3)`` colours (the formulas of
-    :func:`cellbench.colourspace.rgb_to_lab`, in the input's precision; clipped to [0, 1] first,
-    and each branch's argument clamped so that no gradient is NaN)."""
-    x = px.clamp(0, 1)
-    lin = torch.where(x > 0.04045, ((x.clamp_min(0.04045) + 0.055) / 1.055).pow(2.4), x / 12.92)
-    xyz = lin @ _XYZ_FROM_RGB.to(px).T
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(0.008856).pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
-    return torch.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
+    """Differentiable sRGB -> CIELAB of ``(P, 3)`` colours, in their precision, clipped to [0, 1] first
+    (:func:`cellbench.colourspace.rgb_to_lab`)."""
+    planes = px.clamp(0, 1).T.reshape(1, 3, -1, 1)
+    return rgb_to_lab(planes, dtype=px.dtype).reshape(3, -1).T
 
 
 def _train_pixels(net: nn.Module, xs: torch.Tensor, ys: torch.Tensor, cnt: torch.Tensor, *, iterations: int,
@@ -431,15 +424,18 @@ class PixelNetNormalizer(NetStudent):
 PIXEL_CHUNK = 4096
 
 
-def _split(n: int, parts: int) -> list[tuple[int, int]]:
-    """``[0, n)`` in ``parts`` contiguous ranges of near-equal length (empty ones dropped)."""
+def _run_split(run, n: int, threads: int | None) -> None:
+    """``run(lo, hi)`` over ``[0, n)`` in as many contiguous ranges as threads (default torch's intra-op
+    count; at most ``n``), on the kernels' thread pool (:func:`cellbench.nets.lut.run_jobs`)."""
+    parts = max(1, min(threads or torch.get_num_threads(), n))
     edges = [round(i * n / parts) for i in range(parts + 1)]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    run_jobs(run, [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a], parts)
 
 
-def pixel_mlp_cpu(net: PixelNet, x: torch.Tensor, *, chunk: int = PIXEL_CHUNK,
-                  threads: int | None = None) -> torch.Tensor:
-    """``net(x)`` on the CPU, fast: the 1x1 convolutions as matrix products on cache-sized pixel chunks.
+def pixel_mlp_cpu(net: PixelNet, x: torch.Tensor, *, chunk: int = PIXEL_CHUNK, threads: int | None = None,
+                  kernel: bool = True) -> torch.Tensor:
+    """``net(x)`` on the CPU, fast: through the compiled pixel kernel (:mod:`cellbench.nets.pixel_kernel`)
+    where it runs (``kernel``), else the 1x1 convolutions as matrix products on cache-sized pixel chunks.
 
     A 1x1 convolution over ``(C, H*W)`` planes is ``W @ X + b``. Run on a whole 256x256 image, each
     layer writes ``hidden x 65,536`` floats (4 MiB at 16 channels) to memory and the next reads them
@@ -450,7 +446,7 @@ def pixel_mlp_cpu(net: PixelNet, x: torch.Tensor, *, chunk: int = PIXEL_CHUNK,
     """
     from ..nets.pixel_kernel import apply_pixel_mlp
 
-    if chunk == PIXEL_CHUNK:  # the compiled kernel (whole network in registers), where it runs
+    if kernel:  # the compiled kernel (whole network in registers), where it runs; else the chunked products
         fast = apply_pixel_mlp(x, [(conv.weight[:, :, 0, 0], conv.bias) for conv in net.convs],
                                residual=net.residual, threads=threads)
         if fast is not None:
@@ -473,15 +469,7 @@ def pixel_mlp_cpu(net: PixelNet, x: torch.Tensor, *, chunk: int = PIXEL_CHUNK,
                         t.relu_()
                 out[i, :, s:s + chunk] = t + planes[i, :, s:s + chunk] if net.residual else t
 
-    parts = _split(n, max(1, min(threads or torch.get_num_threads(), n)))
-    if len(parts) == 1:
-        run(0, n)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(parts)) as pool:
-            for f in [pool.submit(run, a, b) for a, b in parts]:
-                f.result()
+    _run_split(run, n, threads)
     return out.reshape(n, 3, h, w)
 
 
@@ -741,15 +729,7 @@ def ctx_forward_cpu(net: CtxNet, x: torch.Tensor, *, rows: int = CTX_ROWS, threa
                     pre.addmm_(w_l, loc.relu_())
                 out[i, :, r0:r1] = torch.addmm(b2, w2, pre.relu_()).add_(xs).reshape(c, r1 - r0, w)
 
-    parts = _split(n, max(1, min(threads or torch.get_num_threads(), n)))
-    if len(parts) == 1:
-        run(0, n)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(parts)) as pool:
-            for f in [pool.submit(run, a, b) for a, b in parts]:
-                f.result()
+    _run_split(run, n, threads)
     return out
 
 

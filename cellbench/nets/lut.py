@@ -42,8 +42,10 @@ import math
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -400,15 +402,36 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-#: shared with the pixel-network kernel (:mod:`cellbench.nets.pixel_kernel`): the vector width, the
-#: pooled output buffers and the thread pool the compiled kernels run on
+#: shared with the pixel-network kernel (:mod:`cellbench.nets.pixel_kernel`): the vector width and the
+#: pooled output buffers of the compiled kernels
 VECTOR_WIDTH = _W
 OUTPUT_BUFFERS = _BUFFERS
 
 
-def kernel_thread_pool(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of at least ``workers`` threads for the compiled kernels (GIL released)."""
-    return _pool(workers)
+def kernel_jobs(n: int, plane: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """How the compiled kernels split ``n`` images of ``plane`` pixels among ``threads``: jobs
+    ``(first image, images, start, stop)`` over the vector-aligned pixels ``[0, plane - plane % 16)``,
+    by images, or by pixel ranges of each image when there are fewer images than threads."""
+    full = plane - plane % _W
+    if not full:
+        return []
+    if n >= threads:
+        bounds = np.linspace(0, n, min(threads, n) + 1).round().astype(int)
+        return [(int(a), int(b - a), 0, full) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    cuts = np.linspace(0, full // _W, threads + 1).round().astype(int) * _W
+    return [(i, 1, int(a), int(b)) for i in range(n) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
+def run_jobs(fn: Callable[..., Any], jobs: list[tuple], threads: int) -> None:
+    """``fn(*job)`` for every job: in this thread when there is one job or one thread, else on the
+    process's kernel thread pool (the calls release the GIL: compiled kernels, torch operations)."""
+    if len(jobs) <= 1 or threads <= 1:
+        for job in jobs:
+            fn(*job)
+        return
+    pool = _pool(threads)
+    for f in [pool.submit(fn, *job) for job in jobs]:
+        f.result()
 
 
 def kernel_available() -> bool:
@@ -441,23 +464,11 @@ def apply_lut(images: torch.Tensor, lut: torch.Tensor, interpolation: str = "tet
     full = plane - plane % _W
     threads = max(1, int(threads or torch.get_num_threads()))
     xp, op, lp = x.data_ptr(), out.data_ptr(), table.data_ptr()
-    jobs: list[tuple[int, int, int, int]] = []  # (first image, images, start, stop)
-    if full:
-        if n >= threads:
-            bounds = np.linspace(0, n, min(threads, n) + 1).round().astype(int)
-            jobs = [(int(a), int(b - a), 0, full) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        else:
-            cuts = (np.linspace(0, full // _W, threads + 1).round().astype(int) * _W)
-            jobs = [(i, 1, int(a), int(b)) for i in range(n) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-    if len(jobs) == 1 or threads == 1:
-        for first, count, a, b in jobs:
-            fn(xp + first * 3 * plane * 4, op + first * 3 * plane * 4, lp, count, plane, a, b, m)
-    elif jobs:
-        pool = _pool(threads)
-        futures = [pool.submit(fn, xp + first * 3 * plane * 4, op + first * 3 * plane * 4, lp, count, plane, a, b, m)
-                   for first, count, a, b in jobs]
-        for f in futures:
-            f.result()
+
+    def call(first: int, count: int, a: int, b: int) -> None:
+        fn(xp + first * 3 * plane * 4, op + first * 3 * plane * 4, lp, count, plane, a, b, m)
+
+    run_jobs(call, kernel_jobs(n, plane, threads), threads)
     if full < plane:  # the last plane % 16 pixels of each image
         tail = x.reshape(n, 3, plane)[:, :, full:].reshape(n, 3, 1, plane - full)
         out.reshape(n, 3, plane)[:, :, full:] = apply_lut_reference(tail, table, interpolation).reshape(n, 3, -1)

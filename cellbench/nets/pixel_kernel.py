@@ -23,10 +23,9 @@ import os
 import threading
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from .lut import OUTPUT_BUFFERS, VECTOR_WIDTH, kernel_thread_pool
+from .lut import OUTPUT_BUFFERS, VECTOR_WIDTH, kernel_jobs, run_jobs
 
 log = logging.getLogger(__name__)
 _W = VECTOR_WIDTH  # 16 float32 lanes per step, as the LUT kernel
@@ -56,32 +55,23 @@ def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
     emit(f"define void @{name}({args}, ptr noalias nocapture %out, "
          "ptr noalias nocapture readonly %params, i64 %n, i64 %plane, i64 %start, i64 %stop) {")
     emit("entry:")
+    def splat(nm: str, offset: int) -> str:
+        """Load ``params[offset]`` and broadcast it to a vector ``%nm``."""
+        emit(f"  %{nm}.p = getelementptr float, ptr %params, i64 {offset}")
+        emit(f"  %{nm}.s = load float, ptr %{nm}.p, align 4")
+        emit(f"  %{nm}.0 = insertelement {v} poison, float %{nm}.s, i64 0")
+        emit(f"  %{nm} = shufflevector {v} %{nm}.0, {v} poison, <{_W} x i32> zeroinitializer")
+        return f"%{nm}"
+
     # every weight as a splat vector, once per call (the backend keeps them in registers or as
     # broadcast memory operands)
     offset = 0
     weights: list[tuple[list[list[str]], list[str]]] = []
     for layer, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        wmat = []
-        for j in range(b):
-            row = []
-            for i in range(a):
-                nm = f"w{layer}_{j}_{i}"
-                emit(f"  %{nm}.p = getelementptr float, ptr %params, i64 {offset}")
-                emit(f"  %{nm}.s = load float, ptr %{nm}.p, align 4")
-                emit(f"  %{nm}.0 = insertelement {v} poison, float %{nm}.s, i64 0")
-                emit(f"  %{nm} = shufflevector {v} %{nm}.0, {v} poison, <{_W} x i32> zeroinitializer")
-                row.append(f"%{nm}")
-                offset += 1
-            wmat.append(row)
-        bias = []
-        for j in range(b):
-            nm = f"b{layer}_{j}"
-            emit(f"  %{nm}.p = getelementptr float, ptr %params, i64 {offset}")
-            emit(f"  %{nm}.s = load float, ptr %{nm}.p, align 4")
-            emit(f"  %{nm}.0 = insertelement {v} poison, float %{nm}.s, i64 0")
-            emit(f"  %{nm} = shufflevector {v} %{nm}.0, {v} poison, <{_W} x i32> zeroinitializer")
-            bias.append(f"%{nm}")
-            offset += 1
+        wmat = [[splat(f"w{layer}_{j}_{i}", offset + j * a + i) for i in range(a)] for j in range(b)]
+        offset += a * b
+        bias = [splat(f"b{layer}_{j}", offset + j) for j in range(b)]
+        offset += b
         weights.append((wmat, bias))
     emit("  %stride = mul i64 %plane, 3")
     emit("  br label %img")
@@ -238,26 +228,12 @@ def apply_pixel_mlp(images: torch.Tensor | Sequence[torch.Tensor], layers: list[
     full = plane - plane % _W
     threads = max(1, int(threads or torch.get_num_threads()))
     op, pp = out.data_ptr(), params.data_ptr()
-    jobs: list[tuple[int, int, int, int]] = []
-    if full:
-        if n >= threads:
-            bounds = np.linspace(0, n, min(threads, n) + 1).round().astype(int)
-            jobs = [(int(a), int(b - a), 0, full) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        else:
-            cuts = np.linspace(0, full // _W, threads + 1).round().astype(int) * _W
-            jobs = [(i, 1, int(a), int(b)) for i in range(n) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
     def call(first: int, count: int, a: int, b: int) -> None:
         ins = [v for ptr, stride in groups for v in (ptr + 4 * first * stride, stride)]
         fn(*ins, op + first * 3 * plane * 4, pp, count, plane, a, b)
 
-    if len(jobs) <= 1 or threads == 1:
-        for job in jobs:
-            call(*job)
-    else:
-        pool = kernel_thread_pool(threads)
-        for f in [pool.submit(call, *job) for job in jobs]:
-            f.result()
+    run_jobs(call, kernel_jobs(n, plane, threads), threads)
     if full < plane:  # the tail of each image, in torch
         t = torch.cat([p.reshape(n, int(p.shape[1]), plane)[:, :, full:] for p in parts], 1)
         hcur = t
