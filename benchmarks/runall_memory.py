@@ -108,9 +108,33 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def run_measured(cmd: list[str], log: Path, interval: float = 0.1) -> dict[str, float]:
+def short_classifier_models(folder: Path, epochs: int) -> Path:
+    """A copy of the repository's ``models/`` whose ``classifier.toml`` adds ``[memory]``: ``[quick]`` with
+    ``epochs`` epochs (and ``min_epochs`` no larger)."""
+    import tomllib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in (ROOT / "models").glob("*.toml"):
+        shutil.copyfile(f, folder / f.name)
+    quick = tomllib.loads((ROOT / "models" / "classifier.toml").read_text())["quick"]
+    lines = ["", "[memory]  # benchmarks/runall_memory.py --classifier-epochs"]
+    for key, value in {**quick, "epochs": epochs, "min_epochs": min(epochs, quick.get("min_epochs", epochs))}.items():
+        if isinstance(value, dict):
+            value = "{ " + ", ".join(f"{k} = {v!r}" for k, v in value.items()) + " }"
+        elif isinstance(value, str):
+            value = f'"{value}"'
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        lines.append(f"{key} = {value}")
+    with open(folder / "classifier.toml", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return folder
+
+
+def run_measured(cmd: list[str], log: Path, interval: float = 0.1,
+                 env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``cmd`` (output to ``log``), polling the RSS of its process tree; the peaks in GB and the wall time."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     peak_one = peak_tree = 0
@@ -158,6 +182,10 @@ def main() -> int:
     ap.add_argument("--reuse-classifier", action="store_true",
                     help="keep the run folder's data, classifier and test-set stages (measure the fits, "
                          "evaluations and speed stages only)")
+    ap.add_argument("--classifier-epochs", type=int, default=0,
+                    help="train the run's classifier for this many epochs (a copy of models/ with a preset "
+                         "[memory] = [quick] but fewer epochs, through CELLBENCH_MODELS_DIR); the peak memory "
+                         "does not depend on the epochs, the time does (16,000 images x 30 epochs is hours here)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to run-all")
     args = ap.parse_args()
 
@@ -183,8 +211,12 @@ def main() -> int:
            "--no-report", "--set", "speed_seconds=2", "--set", "speed_repeats=1"]
     for item in args.set:
         cmd += ["--set", item]
+    env = {}
+    if args.classifier_epochs > 0:
+        env["CELLBENCH_MODELS_DIR"] = str(short_classifier_models(args.work / "models-memory", args.classifier_epochs))
+        cmd += ["--set", "classifier_preset=memory"]
     print("running:", " ".join(cmd), flush=True)
-    r = run_measured(cmd, out.with_suffix(".log"))
+    r = run_measured(cmd, out.with_suffix(".log"), env=env)
     print(f"n per system {args.n}, track {args.track}, methods {methods}, stream {args.stream}, "
           f"cache {args.cache_mb:.0f} MB")
     print(f"wall {r['wall_s']:.0f} s; peak RSS: largest process {r['peak_process_gb']:.2f} GB, "

@@ -197,6 +197,7 @@ def test_artifacts_survive_a_failed_rebuild(run_dir, monkeypatch):
     (["--set", "speed_seconds=nan"], "speed_seconds=nan"),
     (["--set", "speed_batch_sizes=[]"], "speed_batch_sizes=[]"),
     (["--set", 'speed_engines=["tensorrt"]'], "speed_engines='tensorrt'"),
+    (["--set", "eval_engine=bf16"], "eval_engine='bf16'"),
     (["--set", "samples_per_class=-1"], "samples_per_class=-1"),
     (["--set", "cross_limit_per_class=-2"], "cross_limit_per_class=-2"),
     (["--set", "realsim=false"], "did you mean 'realism'"),
@@ -288,6 +289,26 @@ def test_editing_a_preset_invalidates_its_cached_stages(tmp_path, monkeypatch):
     (models / "classifier.toml").write_text(clf.replace("\nepochs = 30\n", "\nepochs = 31\n", 1))
     assert bench.fits.classifier_stage().key != clf_before
     assert not (tmp_path / "run").exists()  # computing keys touches nothing
+
+
+def test_eval_engine_keys_the_network_stages_only(tmp_path):
+    """``eval_engine`` (an fp32 engine) runs the networks' own transforms of the run: it keys their evaluation
+    and their students' fits, and no other method's stage."""
+    from cellbench.bench import open_benchmark
+
+    keys = {}
+    for engine in ("eager", "channels_last"):
+        bench = open_benchmark(tmp_path / "run", methods=["ccgan", "hm", "lut3d:ccgan", "lut3d:hm"], progress=False,
+                               overrides={"eval_engine": engine})
+        assert bench.fits.engine_for("ccgan") == (None if engine == "eager" else engine)
+        assert bench.fits.engine_for("hm") is None and bench.fits.engine_for("lut3d:ccgan") is None
+        keys[engine] = {m: (bench.eval_stage(m).key, bench.fits.fit_stage(m).key)
+                        for m in ("ccgan", "hm", "lut3d:ccgan", "lut3d:hm")}
+    e, c = keys["eager"], keys["channels_last"]
+    assert e["ccgan"][0] != c["ccgan"][0] and e["ccgan"][1] == c["ccgan"][1]  # same training, other evaluation
+    assert e["lut3d:ccgan"][1] != c["lut3d:ccgan"][1]  # the teacher's outputs come from the engine
+    assert e["hm"] == c["hm"] and e["lut3d:hm"] == c["lut3d:hm"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_distilled_method_hook(tmp_path, monkeypatch):

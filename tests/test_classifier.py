@@ -307,3 +307,19 @@ def test_config_checks_ranges_and_suggests_names():
             classifier_config("tiny", **{key: value})
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         classifier_config("tiny", epoch=3)
+
+
+def test_classifier_inputs_may_be_uint8_with_the_float_values():
+    """The paired track keeps its val and test splits as stored uint8 images: the classifier's input stack and
+    its predictions are those of the float copy (k / 255)."""
+    from cellbench.nets.classifier import WBCClassifier
+    from cellbench.train.classifier import _resized_uint8
+
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8, generator=g)
+    f = u8.float().div_(255.0)
+    assert torch.equal(_resized_uint8(u8, 32, chunk=2), _resized_uint8(f, 32, chunk=3))
+    torch.manual_seed(0)
+    clf = WBCClassifier("test_resnet", ["a", "b"], 32).eval()
+    assert torch.equal(clf.predict(u8), clf.predict(f))
+    assert torch.equal(clf.embed(u8), clf.embed(f))

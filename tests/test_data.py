@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from cellbench.data import CLASSES, LabelledFolder, PairedFolder, canonical_class
 from cellbench.data.check import check_dataset
@@ -68,6 +69,11 @@ def test_paired_folder_load_and_split_cached_not_written_into_dataset(tmp_path):
     rot = pf.load("train", size=32, rotations=True)
     assert len(rot) == 4 * len(pf.select("train"))
     assert rot.ids[1].endswith("_rot90")
+    # uint8=True: the decoded 8-bit images, exactly the float set times 255 (what the data stage stores)
+    u8 = pf.load(None, size=32, uint8=True)
+    assert u8.x.dtype == torch.uint8 and u8.x.shape == data.x.shape and u8.ids == data.ids
+    assert torch.equal(u8.x.float().div_(255.0), data.x) and torch.equal(u8.y.float().div_(255.0), data.y)
+    assert torch.equal(u8.masks, data.masks)
 
 
 def test_paired_folder_reports_unmatched_and_unknown(tmp_path):

@@ -159,12 +159,30 @@ def test_identical_images_and_empty_masks():
     assert np.isfinite(r["wbc"]["ssim"][0])
 
 
+def test_float32_metrics_match_the_float64_building_blocks():
+    """The per-image metrics run in float32 (METRIC_DTYPE) with float64 sums: within 1e-5 of the float64
+    SSIM map and CIEDE2000 (themselves skimage's to 1e-10) on 64x64 images with small and large errors."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.rand(3, 3, 64, 64, generator=g, dtype=torch.float64)
+    pred = (y + 0.02 * torch.randn(y.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    pred[2] = torch.rand(3, 64, 64, generator=g, dtype=torch.float64)
+    r = im.image_metrics(pred, y, workers=1)["image"]
+    r5 = im._ssim_radius()
+    want_ssim = im.ssim_map(pred, y)[:, r5:-r5, r5:-r5].mean((1, 2))
+    de = im.ciede2000(im.rgb_to_lab(y), im.rgb_to_lab(pred), dim=1).flatten(1)
+    np.testing.assert_allclose(r["ssim"], want_ssim, atol=1e-5)
+    np.testing.assert_allclose(r["ciede2000_mean"], de.mean(1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(r["ciede2000_p95"], np.percentile(de.numpy(), 95, axis=1), atol=1e-4)
+
+
 def test_bad_inputs_raise_value_errors():
     a = torch.rand(2, 3, 16, 16)
     with pytest.raises(ValueError, match="differ in shape"):
         im.psnr(a, torch.rand(2, 3, 16, 17))
     with pytest.raises(ValueError, match="at least 11x11"):
         im.ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        im.ssim_map(torch.rand(1, 3, 10, 40), torch.rand(1, 3, 10, 40))
     with pytest.raises(ValueError, match="masks"):
         im.image_metrics(a, a, masks=np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):

@@ -244,6 +244,33 @@ def test_mapped_outputs_equal_the_stored_tensor(tmp_path):
     assert torch.equal(load_tensors_mapped(st, "f.safetensors")["f"], load_tensors(st, "f.safetensors")["f"])
 
 
+def test_a_paired_test_split_is_kept_uint8_with_the_float_values(tmp_path):
+    """The paired track keeps its test split as the stored uint8 images, memory-mapped (issue #16: a 2,000-pair
+    test split is 1.2 GB as uint8, 4.7 GB as float32); read as floats they are the float split exactly, and a
+    truncated file still fails with the store's error, not a crash of the memory map."""
+    from cellbench.bench.cache import StageCache
+    from cellbench.bench.store import StoreError, as_float01, load_paired, save_paired, to_uint8
+    from cellbench.data.sets import PairedSet
+
+    cache = StageCache(tmp_path)
+    st = cache.stage("data", {"k": 1})
+    cache.begin(st)
+    g = torch.Generator().manual_seed(0)
+    x, y, y2 = (torch.rand(4, 3, 16, 16, generator=g) for _ in range(3))
+    masks = torch.randint(0, 6, (4, 16, 16), generator=g).to(torch.uint8)
+    save_paired(st, "test", PairedSet(x, y, ["a", "b", "a", "b"], ["0", "1", "2", "3"], masks, y2))
+    cache.finish(st)
+    f, u = load_paired(st, "test"), load_paired(st, "test", keep_uint8=True)
+    for a, b in ((f.x, u.x), (f.y, u.y), (f.y2, u.y2)):
+        assert b.dtype == torch.uint8 and a.dtype == torch.float32
+        assert torch.equal(as_float01(b), a) and torch.equal(to_uint8(b), b) and torch.equal(to_uint8(a), b)
+    assert torch.equal(u.masks, f.masks) and u.labels == f.labels and u.ids == f.ids
+    path = st.path("test.safetensors")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(StoreError, match="test.safetensors"):
+        load_paired(st, "test", keep_uint8=True)
+
+
 def test_streamed_paired_folder_gives_the_in_memory_results(cross_folders, tmp_path):
     """``paired:ROOT`` streamed: the training pairs read on demand (affine's pixel sample, hm's fit and
     the classifier see the same pixels), val/test from the ``data-stream`` stage; the same records."""

@@ -212,6 +212,10 @@ def test_jobs_1_and_2_give_identical_results(tmp_path, monkeypatch):
     for name in fa:
         assert fa[name] == fb[name], f"stage {name} differs between --jobs 1 and --jobs 2"
     assert _results(a) == _results(b)
+    # the networks' evaluations ran on the run profile's fp32 eval_engine, and say so in their stage key
+    for method in ("ccgan", "pcnet"):
+        (cfg,) = [json.loads(p.read_text())["config"] for p in b.glob(f"stages/eval-{method}-*/stage.json")]
+        assert cfg["engine"] == "channels_last"
     # --redo-speed re-measures the speed stages only
     before = {p.parent.name: p.stat().st_mtime_ns for p in b.glob("stages/*/DONE")}
     assert main(["run-all", "--out", str(b), "--jobs", "2", "--redo-speed", *args]) == 0

@@ -70,6 +70,10 @@ class RunConfig:
     #: CPU inference engines the speed stage tries for ccGAN/pcNet; the fastest within the quality bound
     #: is profiled and named (issue #17; :func:`cellbench.eval.profiling.choose_engine`).
     speed_engines: tuple[str, ...] = ("eager", "channels_last", "bf16")
+    #: CPU engine of ccGAN/pcNet for the run's own transforms (evaluations, distillation teachers): an
+    #: fp32 engine (:data:`cellbench.nets.engines.FP32_ENGINES`, within 1e-3 of eager), so every quality
+    #: figure stays the fp32 network's; ``channels_last`` (batch norm folded, NHWC) is 1.3-1.4x eager.
+    eval_engine: str = "eager"
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -116,6 +120,13 @@ def _engines(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"speed_engines={value!r}: must be a non-empty list of engines, e.g. [\"eager\", \"bf16\"]")
     return tuple(check_choice(str(v).strip(), "speed_engines", list(ENGINES)) for v in value)
+
+
+def _eval_engine(value: Any) -> str:
+    """``eval_engine``: one of the fp32 engines (a reduced-precision engine would change the quality figures)."""
+    from ..nets.engines import FP32_ENGINES
+
+    return check_choice(str(value).strip(), "eval_engine", [e for e in FP32_ENGINES if e != "onnxruntime"])
 
 
 def _stream(value: Any) -> str:
@@ -177,6 +188,7 @@ def load_run_config(profile: str = "quick", overrides: Mapping[str, Any] | None 
         stream=_stream(raw.get("stream", "auto")),
         stream_cache_mb=check_float(raw.get("stream_cache_mb", 512.0), "stream_cache_mb", min=0.0, max=1_048_576.0),
         speed_engines=_engines(raw.get("speed_engines", ["eager", "channels_last", "bf16"])),
+        eval_engine=_eval_engine(raw.get("eval_engine", "eager")),
     )
     for m in methods:
         names = preset_names(m)

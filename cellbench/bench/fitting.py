@@ -123,7 +123,18 @@ class Fits:
             cfg["classifier"] = self.classifier_stage().key
         if teacher is not None:
             cfg["teacher"] = self.fit_stage(teacher).key
+            if self.engine_for(teacher) is not None:
+                cfg["teacher_engine"] = self.engine_for(teacher)
         return self.cache.stage(f"fit-{stage_name(name)}", cfg)
+
+    def engine_for(self, name: str) -> str | None:
+        """The CPU inference engine the run's own transforms of ``name`` use (run-profile ``eval_engine``):
+        set for the generator networks (ccgan, pcnet) on the CPU, None for every other method or eager."""
+        kind, teacher = split_method(name)
+        engine = self.cfg.eval_engine
+        if teacher is not None or engine == "eager" or self.device != "cpu" or not NORMALIZERS.get(kind).trainable:
+            return None
+        return engine
 
     def fitted(self, name: str) -> Normalizer:
         st = self.fit_stage(name)
@@ -139,7 +150,13 @@ class Fits:
             st.write_dir("model", norm.save)
             st.write_json("fit.json", {"seconds": seconds, "preset": self.method_params(name)[0], "n": n})
             self.cache.finish(st)
-        return load_normalizer(st.path("model")).to(self.device)
+        norm = load_normalizer(st.path("model")).to(self.device)
+        engine = self.engine_for(name)
+        if engine is not None:
+            from ..nets.engines import with_engine
+
+            with_engine(norm, engine)
+        return norm
 
     def _fit(self, name: str, data: PairedSet | UnpairedSet, st: Stage) -> Normalizer:
         kind, teacher = split_method(name)

@@ -112,7 +112,7 @@ class PairedTrack:
                 for s in SPLITS:
                     save_paired(st, s, self._make_split(s))
                 self.cache.finish(st)
-            self._sets.update({s: load_paired(st, s) for s in SPLITS})
+            self._sets.update({s: load_paired(st, s, keep_uint8=(s != "train")) for s in SPLITS})
         return self._sets[name]
 
     def _streamed_split(self, name: str) -> PairedSet:
@@ -138,7 +138,7 @@ class PairedTrack:
             for s in SPLITS[1:]:
                 save_paired(st, s, self._make_split(s))
             self.cache.finish(st)
-        self._sets.update({s: load_paired(st, s) for s in SPLITS[1:]})
+        self._sets.update({s: load_paired(st, s, keep_uint8=True) for s in SPLITS[1:]})
         return self._sets[name]
 
     def _make_split(self, split: str) -> PairedSet:
@@ -152,7 +152,8 @@ class PairedTrack:
             spec = DataSpec("synthetic", None, {**opts, **self.spec.options})
             return synthetic_split(spec, split, size=self.cfg.size, second_y=(split == "test"))
         root = self.spec.path if self.spec.kind == "paired" else self._resim_root()
-        return PairedFolder(root, seed=self.seed).load(split, size=self.cfg.size)
+        # uint8, as the data stage stores it: a 2,000-pair split is 0.8 GB instead of 3.1 GB as float32
+        return PairedFolder(root, seed=self.seed).load(split, size=self.cfg.size, uint8=True)
 
     def _resim_root(self):
         from ..sim import resimulate_folder

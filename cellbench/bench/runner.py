@@ -57,6 +57,7 @@ from .cache import Stage, StageCache, config_hash, host_info, source_version, st
 from .config import RunConfig
 from .fitting import Fits, check_method, split_method, stage_name
 from .store import (
+    as_float01,
     load_array,
     load_records,
     load_tensors,
@@ -167,14 +168,20 @@ class Benchmark:
     # -- evaluation and speed -------------------------------------------------------------------------
     def eval_stage(self, name: str) -> Stage:
         """The stage of a method's evaluation (or a reference's: one of ``track.reference_names()``)."""
-        fit = None if name in self.track.reference_names() else self.fits.fit_stage(name).key
-        return self.cache.stage(f"eval-{stage_name(name)}", {
-            "fit": fit, "classifier": self.fits.classifier_stage().key, "data": self.track.data_key(),
-            "track": self.track.kind, "realism": self.realism, "version": source_version(*EVAL_MODULES)})
+        reference = name in self.track.reference_names()
+        fit = None if reference else self.fits.fit_stage(name).key
+        cfg = {"fit": fit, "classifier": self.fits.classifier_stage().key, "data": self.track.data_key(),
+               "track": self.track.kind, "realism": self.realism, "version": source_version(*EVAL_MODULES)}
+        engine = None if reference else self.fits.engine_for(name)
+        if engine is not None:
+            cfg["engine"] = engine
+        return self.cache.stage(f"eval-{stage_name(name)}", cfg)
 
     def transform_all(self, norm, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """``norm.transform`` over ``x`` (float, or uint8 test images converted a batch at a time) in
+        batches, as float32 on the CPU."""
         with torch.inference_mode():
-            return torch.cat([norm.transform(x[i:i + batch_size].to(self.device)).float().cpu()
+            return torch.cat([norm.transform(as_float01(x[i:i + batch_size]).to(self.device)).float().cpu()
                               for i in range(0, len(x), batch_size)])
 
     def evaluate(self, name: str) -> Evaluation | None:
@@ -282,8 +289,7 @@ class Benchmark:
         engines = self.speed_engines()
         if torch.device(self.device).type != "cpu" or getattr(norm, "G_xy", None) is None or set(engines) <= {"eager"}:
             return "eager", []
-        x = self.track.test_inputs()[:16]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = as_float01(self.track.test_inputs()[:16]).float()
         masks_of = getattr(self.track, "test_masks", None)
         masks = masks_of() if masks_of is not None else None
         with limit_threads(self.speed_threads()):

@@ -299,11 +299,13 @@ class PairedFolder:
         return _select(self.items, split, classes, limit_per_class)
 
     def load(self, split: str | None = "train", *, size: int = 256, limit_per_class: int | None = None,
-             classes: Sequence[str] | None = None, rotations: bool = False, workers: int = 2) -> PairedSet:
+             classes: Sequence[str] | None = None, rotations: bool = False, workers: int = 2,
+             uint8: bool = False) -> PairedSet:
         """Decode the selected pairs into a :class:`PairedSet` (centre crop/pad to ``size``).
 
         ``rotations=True`` adds the 90/180/270 degree copies (the paper's augmentation, sec. 5.1).
-        Masks are loaded only when every selected pair has one.
+        Masks are loaded only when every selected pair has one. ``uint8=True`` keeps the decoded 8-bit
+        images (``(N, 3, H, W)`` uint8: a quarter of the float32 memory; ``k / 255`` gives the float set).
         """
         items = self.select(split, classes=classes, limit_per_class=limit_per_class)
         if not items:
@@ -324,6 +326,10 @@ class PairedFolder:
         ids = [it.id if k == 0 else f"{it.id}_rot{90 * k}" for it in items for k in ks]
         masks = (torch.from_numpy(np.stack([rotate90(m, k) for _, _, m in loaded for k in ks]))
                  if use_masks else None)
+        if uint8:
+            def stack(a: list[np.ndarray]) -> torch.Tensor:
+                return torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous()
+            return PairedSet(stack(xs), stack(ys), labels, ids, masks)
         return PairedSet(to_tensor(np.stack(xs)), to_tensor(np.stack(ys)), labels, ids, masks)
 
 

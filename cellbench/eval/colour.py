@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.masks import BACKGROUND, CYTOPLASM, GRANULES, NUCLEUS, RED_CELL, WBC_LABELS
-from .image import as_masks, as_pair, chunk_float, ciede2000, rgb_to_lab, single_threaded_torch
+from .image import as_masks, as_pair, ciede2000, metric_lab, single_threaded_torch
 
 __all__ = ["REGIONS", "CHANNELS", "ColourStat", "ColourAccumulator", "colour_stats"]
 
@@ -112,7 +112,7 @@ def colour_stats(
     with single_threaded_torch():  # memory-bound passes: see cellbench.eval.image.single_threaded_torch
         for s in range(0, n, chunk):
             sl = slice(s, min(s + chunk, n))
-            acc.update(sl, rgb_to_lab(chunk_float(p[sl])), rgb_to_lab(chunk_float(t[sl])))
+            acc.update(sl, metric_lab(p[sl]), metric_lab(t[sl]))
     return acc.result(regions)
 
 

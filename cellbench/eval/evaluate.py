@@ -132,7 +132,7 @@ def region_masks(data: PairedSet, *, seed: int = 0) -> torch.Tensor | None:
     except ImportError:  # pragma: no cover - the segmentation module ships with the package
         log.warning("no dataset masks and no cellbench.segmentation: skipping region metrics")
         return None
-    y = data.y.detach().float().cpu()
+    y = _float01(data.y.detach().cpu())
     return ColourSegmenter().fit(y, seed=seed).predict(y)
 
 

@@ -69,9 +69,11 @@ class C2STResult:
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (float in [0, 1], or uint8) as float32 ``size x size`` (area resampling)."""
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
     if x.shape[-1] == size and x.shape[-2] == size:
-        return x.float()
-    return nn.functional.interpolate(x.float(), size=(size, size), mode="area")
+        return x
+    return nn.functional.interpolate(x, size=(size, size), mode="area")
 
 
 def _train_and_score(x_tr, y_tr, x_te, mean, rng, dev, *, epochs, batch_size, lr) -> torch.Tensor:

@@ -288,6 +288,10 @@ def _check_set(data: LabelledSet, what: str) -> None:
         if len(data.images.shape) != 4 or data.images.shape[1] != 3:
             raise ValueError(f"{what} images must have shape (N, 3, H, W), got {tuple(data.images.shape)}")
         return
+    if isinstance(data.images, torch.Tensor) and data.images.dtype == torch.uint8:  # stored 8-bit images
+        if data.images.ndim != 4 or data.images.shape[1] != 3:
+            raise ValueError(f"{what} images must have shape (N, 3, H, W), got {tuple(data.images.shape)}")
+        return
     check_batch(data.images, f"{what} images")
 
 
@@ -298,17 +302,22 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _float01(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
 def _resized_uint8(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
     """Resize once to the network input and keep uint8 (4x less memory than float).
 
     A streamed set (:class:`cellbench.data.stream.LazyImages`) is read in order through its decoding
     pipeline, 64 images at a time: what is held is the network-input stack (e.g. 12 kB an image
-    at 64 px), not the decoded images."""
+    at 64 px), not the decoded images. uint8 images are converted a chunk at a time to float32
+    ``k / 255``, the values of their float copy."""
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
     if hasattr(images, "batches"):  # resizing is per image: the chunking changes no value
         parts, chunk = images.batches(64), 64
     else:
-        parts = (images[i:i + chunk].float() for i in range(0, len(images), chunk))
+        parts = (_float01(images[i:i + chunk]) for i in range(0, len(images), chunk))
     for i, x in zip(range(0, len(images), chunk), parts, strict=True):
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
