@@ -156,8 +156,11 @@ class ColourSegmenter:
 
     # -- fitting --------------------------------------------------------------------------------
     def fit(self, images: torch.Tensor, *, seed: int = 0, batch_size: int = 256) -> Self:
-        """Learn the three thresholds from unlabelled ``(N, 3, H, W)`` images in [0, 1]."""
-        check_batch(images)
+        """Learn the three thresholds from unlabelled ``(N, 3, H, W)`` images in [0, 1] (or uint8, read a
+        batch at a time as float32 ``k / 255``: the same thresholds as their float copy)."""
+        u8 = isinstance(images, torch.Tensor) and images.dtype == torch.uint8
+        if not u8:
+            check_batch(images)
         if images.shape[0] == 0:
             raise ConfigError("ColourSegmenter.fit needs at least one image")
         g = torch.Generator().manual_seed(seed)
@@ -165,7 +168,9 @@ class ColourSegmenter:
         per_image = max(64, self.max_pixels // n)
         ts, rs = [], []
         for s in range(0, n, batch_size):
-            small = downsample(images[s:s + batch_size].float().cpu(), self.work_size)
+            batch = images[s:s + batch_size].cpu()
+            batch = batch.float().div_(255.0) if u8 else batch.float()
+            small = downsample(batch, self.work_size)
             bg = background_colour(small, quantile=self.bg_quantile)
             t, r = density_features(small, bg)
             t, r = t.reshape(t.shape[0], -1), r.reshape(r.shape[0], -1)

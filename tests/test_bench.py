@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from cellbench.cli import main
 from cellbench.io import write_image
@@ -55,6 +56,29 @@ def test_run_all_writes_results_artifacts_and_report(run_dir):
     assert (run_dir / "artifacts" / "confusion" / "hm.json").exists()
     html = (run_dir / "report.html").read_text()
     assert "Leaderboard" in html and "hm" in html
+
+
+def test_the_figures_follow_from_the_stored_8bit_outputs(run_dir):
+    """Every evaluation measures the 8-bit images a method's outputs are saved as: recomputing the image
+    metrics from the stage's outputs.safetensors and the test split gives the recorded per-image values."""
+    import numpy as np
+
+    from cellbench.bench import open_benchmark
+    from cellbench.bench.store import load_tensors
+    from cellbench.eval.image import image_metrics
+
+    bench = open_benchmark(run_dir, methods=["affine"], progress=False,
+                           overrides={"synthetic_n": 80, "synthetic_test_n": 24, "classifier_preset": "tiny"})
+    st = bench.eval_stage("affine")
+    assert st.done, "the fixture's affine evaluation stage"
+    outputs = load_tensors(st, "outputs.safetensors")["outputs"]
+    test = bench.track.split("test")
+    assert outputs.dtype == torch.uint8 and test.y.dtype == torch.uint8 and test.x.dtype == torch.uint8
+    got = image_metrics(outputs, test.y, masks=bench.track.test_masks())
+    stored = bench.track.load_per_image(bench, "affine")
+    for key in ("ciede2000_mean/wbc", "psnr/image", "ssim/image"):
+        metric, region = key.split("/")
+        np.testing.assert_allclose(got[region][metric], stored[key], rtol=0, atol=1e-12, err_msg=key)
 
 
 def test_run_all_records_consistency_paired_differences_and_per_image_values(run_dir):

@@ -120,3 +120,19 @@ def test_real_pbc_centre_white_cell_nucleus_is_found(pbc_dir):
             assert bright[i][nuc].mean() < bright[i][labels[i] == RED_CELL].mean() < bright[i][bg].mean(), files[i]
     assert (labels == BACKGROUND).float().mean() > 0.2
     assert (labels == RED_CELL).float().mean() > 0.1
+
+
+def test_uint8_images_fit_and_segment_as_their_float_copies():
+    """The paired track keeps test images 8-bit: the segmenter reads uint8 a batch at a time (the same
+    thresholds as the float copy k / 255), and the region masks of a split are predicted in chunks."""
+    from cellbench.data.sets import PairedSet
+    from cellbench.eval.evaluate import region_masks
+
+    images, _ = toy_smears(n=6, seed=3)
+    u8 = images.clamp(0, 1).mul(255).round().to(torch.uint8)
+    f = u8.float().div_(255.0)
+    a = ColourSegmenter().fit(u8, seed=1, batch_size=4)
+    b = ColourSegmenter().fit(f, seed=1, batch_size=4)
+    assert torch.equal(a.thresholds, b.thresholds) and torch.equal(a.widths, b.widths)
+    masks = region_masks(PairedSet(u8, u8, ["a"] * 6, [str(i) for i in range(6)]), seed=1)
+    assert torch.equal(masks, ColourSegmenter().fit(f, seed=1).predict(f))

@@ -177,12 +177,16 @@ class Benchmark:
             cfg["engine"] = engine
         return self.cache.stage(f"eval-{stage_name(name)}", cfg)
 
-    def transform_all(self, norm, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    def transform_all(self, norm, x: torch.Tensor, batch_size: int = 16, *, as_uint8: bool = False) -> torch.Tensor:
         """``norm.transform`` over ``x`` (float, or uint8 test images converted a batch at a time) in
-        batches, as float32 on the CPU."""
+        batches, on the CPU: float32, or with ``as_uint8`` each batch rounded to the 8-bit image it is
+        saved as (a quarter of the memory)."""
         with torch.inference_mode():
-            return torch.cat([norm.transform(as_float01(x[i:i + batch_size]).to(self.device)).float().cpu()
-                              for i in range(0, len(x), batch_size)])
+            outs = []
+            for i in range(0, len(x), batch_size):
+                out = norm.transform(as_float01(x[i:i + batch_size]).to(self.device)).float().cpu()
+                outs.append(to_uint8(out) if as_uint8 else out)
+            return torch.cat(outs)
 
     def evaluate(self, name: str) -> Evaluation | None:
         """A method's (or reference's) evaluation, from its stage or computed now."""
@@ -210,7 +214,9 @@ class Benchmark:
         log.info("stage eval-%s: transforming %d test images", name, len(x))
         if getattr(self.track, "eval_cap", None) is not None:
             return self._evaluate_streamed(name, norm, x)
-        outputs = self.transform_all(norm, x)
+        # every evaluation measures the 8-bit images a method's outputs are saved as (the stage's
+        # outputs.safetensors): the figures follow from the stored outputs, in a quarter of the memory
+        outputs = self.transform_all(norm, x, as_uint8=True)
         # one classifier pass: the class probabilities, and the predictions as their argmax (softmax keeps
         # the order of the logits, so this equals classifier.predict)
         clf = self.classifier()
@@ -227,9 +233,9 @@ class Benchmark:
 
         The test inputs are read, transformed and classified :data:`EVAL_CHUNK` images at a time
         (the same transform and classifier batches as one whole pass: the same values); the outputs
-        are kept as ``uint8`` (what the stage stores), and as float only for the seeded subset of
-        ``eval_cap`` test images the image-level metrics use (every image when there are fewer: then
-        the track evaluates exactly what the in-memory path gives it).
+        are the ``uint8`` images the stage stores, and the image-level metrics use the seeded subset of
+        ``eval_cap`` test images (every image when there are fewer: then the track evaluates exactly
+        what the in-memory path gives it).
         """
         from ..eval.evaluate import class_probabilities, fit_records, passthrough_records
         from .cross import eval_subset
@@ -243,7 +249,7 @@ class Benchmark:
         kept: list[torch.Tensor] = []
         start = 0
         for xb in _chunks(x, EVAL_CHUNK):
-            out = self.transform_all(norm, xb)
+            out = self.transform_all(norm, xb, as_uint8=True)
             proba = class_probabilities(clf, out)
             if proba is not None:
                 probas.append(proba)
@@ -253,7 +259,7 @@ class Benchmark:
             kept.append(out[torch.as_tensor(sel, dtype=torch.long)] if len(sel) < len(out) else out)
             start += len(out)
             del out
-        outputs = torch.cat(kept) if kept else torch.zeros((0, *tuple(x.shape[1:])))
+        outputs = torch.cat(kept) if kept else torch.zeros((0, *tuple(x.shape[1:])), dtype=torch.uint8)
         pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
         proba_all = np.concatenate(probas) if len(probas) == len(preds) and probas else None
         index = None if len(keep) == n else keep

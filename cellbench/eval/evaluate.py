@@ -132,8 +132,10 @@ def region_masks(data: PairedSet, *, seed: int = 0) -> torch.Tensor | None:
     except ImportError:  # pragma: no cover - the segmentation module ships with the package
         log.warning("no dataset masks and no cellbench.segmentation: skipping region metrics")
         return None
-    y = _float01(data.y.detach().cpu())
-    return ColourSegmenter().fit(y, seed=seed).predict(y)
+    y = data.y.detach().cpu()
+    seg = ColourSegmenter().fit(y, seed=seed)  # uint8 is read a batch at a time
+    # per image, so in chunks: full-size memberships of 2,000 images would be 2.1 GB as float32
+    return torch.cat([seg.predict(_float01(y[i:i + 64])) for i in range(0, len(y), 64)])
 
 
 # --------------------------------------------------------------------------- record builders
@@ -633,6 +635,7 @@ def unpaired_colour_records(run: str, method: str, outputs: torch.Tensor, out_la
     rng = np.random.default_rng(seed)
     sides = []
     for imgs, labels in ((outputs, out_labels), (target, target_labels)):
+        imgs = _float01(imgs)
         masks = ColourSegmenter().fit(imgs, seed=seed).predict(imgs).numpy()
         lab = rgb_to_lab(imgs.float()).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
         sides.append((lab, masks, np.asarray(labels)))
