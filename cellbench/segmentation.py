@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from .data.masks import BACKGROUND, CYTOPLASM, NUCLEUS, RED_CELL
 from .errors import CheckpointError, ConfigError
-from .tensors import check_batch
+from .tensors import as_float01, check_batch
 
 #: Region label values, in the channel order of :meth:`ColourSegmenter.predict_proba`.
 REGIONS: tuple[int, ...] = (BACKGROUND, RED_CELL, CYTOPLASM, NUCLEUS)
@@ -158,9 +158,7 @@ class ColourSegmenter:
     def fit(self, images: torch.Tensor, *, seed: int = 0, batch_size: int = 256) -> Self:
         """Learn the three thresholds from unlabelled ``(N, 3, H, W)`` images in [0, 1] (or uint8, read a
         batch at a time as float32 ``k / 255``: the same thresholds as their float copy)."""
-        u8 = isinstance(images, torch.Tensor) and images.dtype == torch.uint8
-        if not u8:
-            check_batch(images)
+        check_batch(images, allow_uint8=True)
         if images.shape[0] == 0:
             raise ConfigError("ColourSegmenter.fit needs at least one image")
         g = torch.Generator().manual_seed(seed)
@@ -168,9 +166,7 @@ class ColourSegmenter:
         per_image = max(64, self.max_pixels // n)
         ts, rs = [], []
         for s in range(0, n, batch_size):
-            batch = images[s:s + batch_size].cpu()
-            batch = batch.float().div_(255.0) if u8 else batch.float()
-            small = downsample(batch, self.work_size)
+            small = downsample(as_float01(images[s:s + batch_size].cpu()).float(), self.work_size)
             bg = background_colour(small, quantile=self.bg_quantile)
             t, r = density_features(small, bg)
             t, r = t.reshape(t.shape[0], -1), r.reshape(r.shape[0], -1)

@@ -9,6 +9,8 @@ Convention: images that flow between the data layer, normalizers, trainers and m
   (the data loaders, ``cellbench transform``, metrics given numpy stacks);
 * :func:`to_uint8` -- the float batch -> ``uint8`` ``(N, H, W, 3)`` numpy, rounded and clipped,
   for writing images (``cellbench transform``, the trainers' sample grids);
+* :func:`as_float01` -- a stored ``uint8`` ``(N, 3, H, W)`` batch -> float32 ``k / 255`` (the values its
+  float copy holds), so 8-bit data can be kept as they are and converted a batch at a time;
 * :func:`center_crop_or_pad`, :func:`rotate90` -- geometry on ``(H, W, ...)`` numpy arrays, applied
   alike to an image, its pair and its mask while loading (paper sec. 5.1 augmentation).
 """
@@ -41,12 +43,20 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return t.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def check_batch(images: torch.Tensor, what: str = "images") -> None:
-    """Raise ``ValueError`` unless ``images`` is a float ``(N, 3, H, W)`` tensor."""
+def as_float01(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images -> float32 ``k / 255``; floating-point images as they are."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def check_batch(images: torch.Tensor, what: str = "images", *, allow_uint8: bool = False) -> None:
+    """Raise ``ValueError`` unless ``images`` is a float ``(N, 3, H, W)`` tensor (or, with
+    ``allow_uint8``, a ``uint8`` one: 8-bit images read through :func:`as_float01`)."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"{what} must be a torch.Tensor, got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{what} must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if allow_uint8 and images.dtype == torch.uint8:
+        return
     if not images.is_floating_point():
         raise ValueError(f"{what} must be floating point in [0, 1], got {images.dtype}")
 

@@ -123,8 +123,9 @@ class Fits:
             cfg["classifier"] = self.classifier_stage().key
         if teacher is not None:
             cfg["teacher"] = self.fit_stage(teacher).key
-            if self.engine_for(teacher) is not None:
-                cfg["teacher_engine"] = self.engine_for(teacher)
+            engine = self.engine_for(teacher)
+            if engine is not None:
+                cfg["teacher_engine"] = engine
         return self.cache.stage(f"fit-{stage_name(name)}", cfg)
 
     def engine_for(self, name: str) -> str | None:

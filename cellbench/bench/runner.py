@@ -51,13 +51,13 @@ import torch
 from ..errors import CellbenchError
 from ..fs import FolderLock, atomic_write
 from ..results import Record, check_fingerprints, fingerprint_differences, load_results, run_metadata, save_results
+from ..tensors import as_float01
 from ..threads import configure_process, init_worker, limit_threads, thread_policy, usable_cores
 from .artifacts import write_artifacts
 from .cache import Stage, StageCache, config_hash, host_info, source_version, stage_scope
 from .config import RunConfig
 from .fitting import Fits, check_method, split_method, stage_name
 from .store import (
-    as_float01,
     load_array,
     load_records,
     load_tensors,
@@ -226,7 +226,7 @@ class Benchmark:
         fit = self.fits.fit_info(name) or {}
         records += fit_records(self.run_name, name, fit.get("seconds", float("nan")), n=int(fit.get("n", 0)))
         records += passthrough_records(self.run_name, name, norm.passthrough_count, n=len(x))
-        return Evaluation(records, to_uint8(outputs), pred, np.asarray(success, dtype=bool))
+        return Evaluation(records, outputs, pred, np.asarray(success, dtype=bool))
 
     def _evaluate_streamed(self, name: str, norm, x) -> Evaluation:
         """:meth:`_evaluate_method` in bounded memory (a streamed track, ``track.eval_cap`` set).
@@ -254,7 +254,7 @@ class Benchmark:
             if proba is not None:
                 probas.append(proba)
             preds.append(proba.argmax(1) if proba is not None else clf.predict(out).cpu().numpy())
-            u8[start:start + len(out)] = to_uint8(out)
+            u8[start:start + len(out)] = out
             sel = keep[(keep >= start) & (keep < start + len(out))] - start
             kept.append(out[torch.as_tensor(sel, dtype=torch.long)] if len(sel) < len(out) else out)
             start += len(out)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.sets import LabelledSet, PairedSet
 from ..results import Record
+from ..tensors import as_float01
 from .cache import Stage
 
 __all__ = ["to_uint8", "as_float01", "save_paired", "load_paired", "save_labelled", "load_labelled", "save_tensors",
@@ -33,13 +34,8 @@ def to_uint8(t: torch.Tensor) -> torch.Tensor:
     return t.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-def as_float01(t: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 ``k / 255`` (the values :func:`load_paired` gives a float split); floats as they are."""
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t
-
-
 def _float(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.float().div_(255.0)
+    return None if t is None else as_float01(t)
 
 
 def save_tensors(stage: Stage, rel: str, tensors: dict[str, torch.Tensor]) -> None:

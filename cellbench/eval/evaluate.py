@@ -21,6 +21,7 @@ import torch
 
 from ..data.sets import PairedSet
 from ..results import Record
+from ..tensors import as_float01
 from .agreement import (
     CONFIDENT,
     Proportion,
@@ -94,11 +95,6 @@ def _mean_ci(v: np.ndarray, confidence: float = 0.95) -> tuple[float, float | No
     return mean, mean - half, mean + half, n
 
 
-def _float01(images: torch.Tensor) -> torch.Tensor:
-    """Images as float32 in [0, 1] (uint8 / 255) for the classifier."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
-
-
 def _check_outputs(outputs: torch.Tensor, data: PairedSet, method: str) -> torch.Tensor:
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 4 or outputs.shape[1] != 3:
         got = getattr(outputs, "shape", type(outputs).__name__)
@@ -135,7 +131,7 @@ def region_masks(data: PairedSet, *, seed: int = 0) -> torch.Tensor | None:
     y = data.y.detach().cpu()
     seg = ColourSegmenter().fit(y, seed=seed)  # uint8 is read a batch at a time
     # per image, so in chunks: full-size memberships of 2,000 images would be 2.1 GB as float32
-    return torch.cat([seg.predict(_float01(y[i:i + 64])) for i in range(0, len(y), 64)])
+    return torch.cat([seg.predict(as_float01(y[i:i + 64])) for i in range(0, len(y), 64)])
 
 
 # --------------------------------------------------------------------------- record builders
@@ -420,9 +416,10 @@ def paired_evaluation(
 
     classes = list(classes) if classes is not None else list(getattr(classifier, "classes", []) or [])
     if g_pred is None and classifier is not None:
-        g_pred = classifier.predict(_float01(out))  # G(x) as evaluated (clipped to [0, 1])
+        # floats for a duck-typed classifier (a WBCClassifier would take uint8 as well)
+        g_pred = classifier.predict(as_float01(out))  # G(x) as evaluated (clipped to [0, 1])
     if y_pred is None and classifier is not None:
-        y_pred = classifier.predict(_float01(data.y))
+        y_pred = classifier.predict(as_float01(data.y))
     if g_pred is not None and y_pred is not None:
         recs += agreement_records(run, method, g_pred, y_pred, labels, split=split, role=role)
         values[per_image_key("agreement")] = (_as_np(g_pred) == _as_np(y_pred)).astype(np.float64)
@@ -433,9 +430,9 @@ def paired_evaluation(
         correct[~known] = np.nan
         values[per_image_key("accuracy")] = correct
     if classifier is not None and g_proba is None:
-        g_proba = class_probabilities(classifier, _float01(out))
+        g_proba = class_probabilities(classifier, as_float01(out))
     if classifier is not None and y_proba is None and g_proba is not None:
-        y_proba = class_probabilities(classifier, _float01(y))
+        y_proba = class_probabilities(classifier, as_float01(y))
     if g_proba is not None and y_proba is not None and g_pred is not None and y_pred is not None:
         more, v = consistency_records(run, method, g_proba, y_proba, g_pred, y_pred, labels, threshold=confident,
                                       split=split, role=role)
@@ -635,7 +632,7 @@ def unpaired_colour_records(run: str, method: str, outputs: torch.Tensor, out_la
     rng = np.random.default_rng(seed)
     sides = []
     for imgs, labels in ((outputs, out_labels), (target, target_labels)):
-        imgs = _float01(imgs)
+        imgs = as_float01(imgs)
         masks = ColourSegmenter().fit(imgs, seed=seed).predict(imgs).numpy()
         lab = rgb_to_lab(imgs.float()).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
         sides.append((lab, masks, np.asarray(labels)))

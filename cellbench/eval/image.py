@@ -42,6 +42,7 @@ import torch
 
 from ..colourspace import ciede2000, rgb_to_lab
 from ..data.masks import WBC_LABELS
+from ..tensors import as_float01
 
 __all__ = [
     "METRIC_DTYPE",
@@ -147,9 +148,7 @@ def chunk_float(images: torch.Tensor, dtype: torch.dtype = METRIC_DTYPE) -> torc
     """A chunk of images as ``dtype`` (default :data:`METRIC_DTYPE`) in [0, 1]; uint8 goes through
     float32 ``k / 255`` first, the values the float32 data sets hold, so a uint8 and a float32 copy of
     the same images give the same metrics."""
-    if images.dtype == torch.uint8:
-        images = images.to(torch.float32).div_(255.0)
-    return images.to(dtype)
+    return as_float01(images).to(dtype)
 
 
 def metric_lab(images: torch.Tensor) -> torch.Tensor:

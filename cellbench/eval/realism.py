@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..tensors import as_float01
 from .agreement import wilson_interval
 
 __all__ = ["C2STResult", "c2st", "fid", "kid", "TinyCritic"]
@@ -70,7 +71,7 @@ class C2STResult:
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """Images (float in [0, 1], or uint8) as float32 ``size x size`` (area resampling)."""
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    x = as_float01(x).float()
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return nn.functional.interpolate(x, size=(size, size), mode="area")

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..errors import CheckpointError, ConfigError
 from ..fs import atomic_path, atomic_write
-from ..tensors import check_batch
+from ..tensors import as_float01, check_batch
 
 META_FILE = "classifier.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -40,13 +40,6 @@ FORMAT = "cellbench-classifier/1"
 # to the colours being measured.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check_images(images: torch.Tensor) -> None:
-    """A batch the classifier takes: floats in [0, 1] (:func:`cellbench.tensors.check_batch`) or uint8."""
-    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
-            and images.shape[1] == 3):
-        check_batch(images)
 
 
 class WBCClassifier(torch.nn.Module):
@@ -105,10 +98,8 @@ class WBCClassifier(torch.nn.Module):
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Resize to ``input_size`` and normalise: ``(N, 3, H, W)`` [0, 1] (or uint8, divided by 255 in
         float32: the values a float copy of 8-bit images holds) -> ``(N, 3, s, s)``."""
-        if images.dtype == torch.uint8:
-            images = images.to(self.device, torch.float32).div_(255.0)
-        check_batch(images)
-        x = images.to(self.device, torch.float32)
+        check_batch(images, allow_uint8=True)
+        x = as_float01(images.to(self.device)).to(torch.float32)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=True)
@@ -155,7 +146,7 @@ class WBCClassifier(torch.nn.Module):
 
         Runs in eval mode without gradients, ``batch_size`` images at a time.
         """
-        _check_images(images)
+        check_batch(images, allow_uint8=True)
         out = []
         with self.eval_mode():
             for i in range(0, len(images), max(1, int(batch_size))):
@@ -164,7 +155,7 @@ class WBCClassifier(torch.nn.Module):
 
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """:meth:`features` for many images: eval mode, no gradients, batched; CPU ``(N, D)``."""
-        _check_images(images)
+        check_batch(images, allow_uint8=True)
         out = []
         with self.eval_mode():
             for i in range(0, len(images), max(1, int(batch_size))):

@@ -42,7 +42,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -177,26 +177,12 @@ def _kernel_ir(interpolation: str) -> str:
     splat_i("vhi", "%mm2")
     splat_i("vm", "%m32")
     splat_i("vmm", "%mm32")
-    emit("  %stride = mul i64 %plane, 3")
-    emit("  br label %img")
-    emit("img:")
-    emit("  %i = phi i64 [ 0, %entry ], [ %i.next, %img.end ]")
-    emit("  %more = icmp slt i64 %i, %n")
-    emit("  br i1 %more, label %img.body, label %exit")
-    emit("img.body:")
-    emit("  %off = mul i64 %i, %stride")
-    emit("  %xr = getelementptr float, ptr %x, i64 %off")
-    emit("  %xg = getelementptr float, ptr %xr, i64 %plane")
-    emit("  %xb = getelementptr float, ptr %xg, i64 %plane")
-    emit("  %yr = getelementptr float, ptr %out, i64 %off")
-    emit("  %yg = getelementptr float, ptr %yr, i64 %plane")
-    emit("  %yb = getelementptr float, ptr %yg, i64 %plane")
-    emit("  br label %px")
-    emit("px:")
-    emit("  %k = phi i64 [ %start, %img.body ], [ %k.next, %px.body ]")
-    emit("  %pmore = icmp slt i64 %k, %stop")
-    emit("  br i1 %pmore, label %px.body, label %img.end")
-    emit("px.body:")
+    emit_pixel_loops_open(emit, [
+        "  %xr = getelementptr float, ptr %x, i64 %off",
+        "  %xg = getelementptr float, ptr %xr, i64 %plane",
+        "  %xb = getelementptr float, ptr %xg, i64 %plane",
+        *output_plane_pointers("y", "rgb"),
+    ])
     fr = {}
     for c in "rgb":
         emit(f"  %p{c} = getelementptr float, ptr %x{c}, i64 %k")
@@ -289,6 +275,45 @@ def _kernel_ir(interpolation: str) -> str:
         emit(f"  %cm{c} = call {fm} {v} @llvm.minnum.v{_W}f32({v} %cl{c}, {v} splat (float 1.0))")
         emit(f"  %d{c} = getelementptr float, ptr %y{c}, i64 %k")
         emit(f"  store {v} %cm{c}, ptr %d{c}, align 4")
+    emit_pixel_loops_close(emit)
+    return "\n".join(lines) + "\n"
+
+
+def output_plane_pointers(prefix: str, names: str | Sequence[str]) -> list[str]:
+    """IR lines of the three output plane pointers of image ``i``: ``%<prefix><name>`` at ``out + off``,
+    then one ``plane`` further each."""
+    first = f"%{prefix}{names[0]}"
+    out = [f"  {first} = getelementptr float, ptr %out, i64 %off"]
+    for prev, name in zip(names[:-1], names[1:], strict=True):
+        out.append(f"  %{prefix}{name} = getelementptr float, ptr %{prefix}{prev}, i64 %plane")
+    return out
+
+
+def emit_pixel_loops_open(emit: Callable[[str], None], image_pointers: Sequence[str]) -> None:
+    """Open the two loops of a per-pixel kernel (the LUT's and :mod:`cellbench.nets.pixel_kernel`'s):
+    images ``%i`` in ``[0, %n)``, then pixels ``%k`` in ``[%start, %stop)`` in steps of
+    :data:`VECTOR_WIDTH`, ending in block ``px.body``. ``image_pointers`` are the IR lines that set the
+    image's plane pointers, after ``%off = %i * 3 * %plane`` (the planar image's offset)."""
+    emit("  %stride = mul i64 %plane, 3")
+    emit("  br label %img")
+    emit("img:")
+    emit("  %i = phi i64 [ 0, %entry ], [ %i.next, %img.end ]")
+    emit("  %more = icmp slt i64 %i, %n")
+    emit("  br i1 %more, label %img.body, label %exit")
+    emit("img.body:")
+    emit("  %off = mul i64 %i, %stride")
+    for line in image_pointers:
+        emit(line)
+    emit("  br label %px")
+    emit("px:")
+    emit("  %k = phi i64 [ %start, %img.body ], [ %k.next, %px.body ]")
+    emit("  %pmore = icmp slt i64 %k, %stop")
+    emit("  br i1 %pmore, label %px.body, label %img.end")
+    emit("px.body:")
+
+
+def emit_pixel_loops_close(emit: Callable[[str], None]) -> None:
+    """Close :func:`emit_pixel_loops_open`'s loops and the function."""
     emit(f"  %k.next = add i64 %k, {_W}")
     emit("  br label %px")
     emit("img.end:")
@@ -297,7 +322,6 @@ def _kernel_ir(interpolation: str) -> str:
     emit("exit:")
     emit("  ret void")
     emit("}")
-    return "\n".join(lines) + "\n"
 
 
 def _kernel_module_ir() -> str:

@@ -25,7 +25,15 @@ from collections.abc import Sequence
 
 import torch
 
-from .lut import OUTPUT_BUFFERS, VECTOR_WIDTH, kernel_jobs, run_jobs
+from .lut import (
+    OUTPUT_BUFFERS,
+    VECTOR_WIDTH,
+    emit_pixel_loops_close,
+    emit_pixel_loops_open,
+    kernel_jobs,
+    output_plane_pointers,
+    run_jobs,
+)
 
 log = logging.getLogger(__name__)
 _W = VECTOR_WIDTH  # 16 float32 lanes per step, as the LUT kernel
@@ -73,28 +81,12 @@ def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
         bias = [splat(f"b{layer}_{j}", offset + j) for j in range(b)]
         offset += b
         weights.append((wmat, bias))
-    emit("  %stride = mul i64 %plane, 3")
-    emit("  br label %img")
-    emit("img:")
-    emit("  %i = phi i64 [ 0, %entry ], [ %i.next, %img.end ]")
-    emit("  %more = icmp slt i64 %i, %n")
-    emit("  br i1 %more, label %img.body, label %exit")
-    emit("img.body:")
-    emit("  %off = mul i64 %i, %stride")
+    pointers = []
     for g in range(groups):
-        emit(f"  %off.g{g} = mul i64 %i, %s.g{g}")
-        emit(f"  %x{3 * g} = getelementptr float, ptr %x.g{g}, i64 %off.g{g}")
-        for c in (1, 2):
-            emit(f"  %x{3 * g + c} = getelementptr float, ptr %x{3 * g + c - 1}, i64 %plane")
-    emit("  %y0 = getelementptr float, ptr %out, i64 %off")
-    emit("  %y1 = getelementptr float, ptr %y0, i64 %plane")
-    emit("  %y2 = getelementptr float, ptr %y1, i64 %plane")
-    emit("  br label %px")
-    emit("px:")
-    emit("  %k = phi i64 [ %start, %img.body ], [ %k.next, %px.body ]")
-    emit("  %pmore = icmp slt i64 %k, %stop")
-    emit("  br i1 %pmore, label %px.body, label %img.end")
-    emit("px.body:")
+        pointers.append(f"  %off.g{g} = mul i64 %i, %s.g{g}")
+        pointers.append(f"  %x{3 * g} = getelementptr float, ptr %x.g{g}, i64 %off.g{g}")
+        pointers += [f"  %x{3 * g + c} = getelementptr float, ptr %x{3 * g + c - 1}, i64 %plane" for c in (1, 2)]
+    emit_pixel_loops_open(emit, [*pointers, *output_plane_pointers("y", "012")])
     h = []
     for c in range(widths[0]):
         emit(f"  %in{c}.p = getelementptr float, ptr %x{c}, i64 %k")
@@ -121,14 +113,7 @@ def _mlp_ir(widths: tuple[int, ...], residual: bool, name: str) -> str:
     for c in range(3):
         emit(f"  %o{c}.p = getelementptr float, ptr %y{c}, i64 %k")
         emit(f"  store {v} {h[c]}, ptr %o{c}.p, align 4")
-    emit(f"  %k.next = add i64 %k, {_W}")
-    emit("  br label %px")
-    emit("img.end:")
-    emit("  %i.next = add i64 %i, 1")
-    emit("  br label %img")
-    emit("exit:")
-    emit("  ret void")
-    emit("}")
+    emit_pixel_loops_close(emit)
     decls = [f"declare {v} @llvm.fma.v{_W}f32({v}, {v}, {v})", f"declare {v} @llvm.maxnum.v{_W}f32({v}, {v})"]
     return "\n".join(decls) + "\n" + "\n".join(lines) + "\n"
 

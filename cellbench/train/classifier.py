@@ -38,7 +38,7 @@ from ..errors import CheckpointError, ConfigError, DatasetError, MissingWeightsE
 from ..nets.classifier import WBCClassifier, json_default
 from ..options import check_float, check_int, parse_bool
 from ..presets import load_preset
-from ..tensors import check_batch
+from ..tensors import as_float01, check_batch
 from .checkpoint import (
     finalize_checkpoint,
     latest_checkpoint,
@@ -288,11 +288,7 @@ def _check_set(data: LabelledSet, what: str) -> None:
         if len(data.images.shape) != 4 or data.images.shape[1] != 3:
             raise ValueError(f"{what} images must have shape (N, 3, H, W), got {tuple(data.images.shape)}")
         return
-    if isinstance(data.images, torch.Tensor) and data.images.dtype == torch.uint8:  # stored 8-bit images
-        if data.images.ndim != 4 or data.images.shape[1] != 3:
-            raise ValueError(f"{what} images must have shape (N, 3, H, W), got {tuple(data.images.shape)}")
-        return
-    check_batch(data.images, f"{what} images")
+    check_batch(data.images, f"{what} images", allow_uint8=True)  # stored 8-bit images too
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -300,10 +296,6 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _float01(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
 def _resized_uint8(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
@@ -317,7 +309,7 @@ def _resized_uint8(images: torch.Tensor, size: int, chunk: int = 256) -> torch.T
     if hasattr(images, "batches"):  # resizing is per image: the chunking changes no value
         parts, chunk = images.batches(64), 64
     else:
-        parts = (_float01(images[i:i + chunk]) for i in range(0, len(images), chunk))
+        parts = (as_float01(images[i:i + chunk]).float() for i in range(0, len(images), chunk))
     for i, x in zip(range(0, len(images), chunk), parts, strict=True):
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
