@@ -7,9 +7,12 @@ evaluates on the simulated test split of ``benchmarks/nets_quality.py`` (run-all
 = pairs 0-639, test = pairs 720-799; ``cellbench fit METHOD --preset paper-narrow --data
 synthetic:n=800`` trains on the same 640 pairs) and prints, per method:
 
-* WBC CIEDE2000 of G_xy in eval mode (what ``transform`` runs) and in train mode (batch statistics
-  of test batches composed as training composes them, ``[x, F(y), y]`` of ``batch_size`` pairs),
-  and the train/eval gap: mean CIEDE2000 between those two outputs (whole image and WBC pixels);
+* WBC CIEDE2000 of G_xy in eval mode (what ``transform`` runs) and in train mode (the function the
+  last training iterations computed: batch statistics of test batches composed as training composes
+  them, ``[x, F(y), y]`` of ``batch_size`` pairs, or, with ``bn_freeze_from`` < 1, the running
+  statistics those iterations trained on), and the train/eval gap: mean CIEDE2000 between those two
+  outputs (whole image and WBC pixels); for a frozen run also the distance to batch statistics
+  (``*_batchstats``), which training no longer computes;
 * the batch-norm variants of the same weights: running averages of training (the last
   checkpoint), precise BN (the model folder when ``precise_bn_batches`` > 0), and batch
   statistics of x-only test batches (pix2pix's test-time batch norm);
@@ -64,19 +67,25 @@ def output_gap(a: torch.Tensor, b: torch.Tensor, test) -> dict[str, float]:
 
 @torch.no_grad()
 def outputs(norm, test, mode: str) -> torch.Tensor:
-    """G_xy on the test images: ``eval`` (running statistics, whole images), ``train`` (batch
-    statistics of ``[x, F(y), y]`` batches of ``batch_size`` pairs, as training computes G(x)), or
-    ``batch_x`` (batch statistics of x-only batches, pix2pix's test-time batch norm)."""
+    """G_xy on the test images: ``eval`` (running statistics, whole images), ``batch`` (batch
+    statistics of ``[x, F(y), y]`` batches of ``batch_size`` pairs, as an unfrozen training step
+    computes G(x)), ``train`` (what the last training steps computed: ``batch``, or the running
+    statistics on those batches when ``bn_freeze_from`` < 1 froze them), or ``batch_x`` (batch
+    statistics of x-only batches, pix2pix's test-time batch norm)."""
     from cellbench.nets.batchnorm import train_eval_outputs
 
     G, F = norm.G_xy.eval(), norm.G_yx.eval()
     b = int(norm.config.batch_size)
+    if mode == "train":
+        mode = "frozen" if float(norm.config.bn_freeze_from) < 1.0 else "batch"
     out = []
     for i in range(0, len(test), b):
         x, y = test.x[i : i + b], test.y[i : i + b]
         if mode == "eval":
             out.append(G(x))
-        elif mode == "train":
+        elif mode == "frozen":
+            out.append(G(torch.cat([x, F(y), y]))[: len(x)])
+        elif mode == "batch":
             out.append(train_eval_outputs(G, torch.cat([x, F(y), y]))[0][: len(x)])
         else:
             out.append(train_eval_outputs(G, x)[0])
@@ -193,9 +202,14 @@ def main() -> None:
         row["ciede2000_wbc_train"] = wbc_ciede2000(pred_train, test)
         gap = output_gap(pred_eval, pred_train, test)
         row["gap_de00_all"], row["gap_de00_wbc"] = gap["all"], gap["wbc"]
+        if float(norm.config.bn_freeze_from) < 1.0:  # the batch-statistics function training left behind
+            pred_batch = outputs(norm, test, "batch")
+            row["ciede2000_wbc_batchstats"] = wbc_ciede2000(pred_batch, test)
+            gap = output_gap(pred_eval, pred_batch, test)
+            row["gap_de00_all_batchstats"], row["gap_de00_wbc_batchstats"] = gap["all"], gap["wbc"]
         row["ciede2000_wbc_batch_x"] = wbc_ciede2000(outputs(norm, test, "batch_x"), test)
         raw = checkpoint_generators(norm, run_dir)
-        if raw is not None and norm.config.precise_bn_batches:
+        if raw is not None and norm.config.precise_bn_batches and float(norm.config.bn_freeze_from) >= 1.0:
             pred_raw = outputs(raw, test, "eval")
             row["ciede2000_wbc_running"] = wbc_ciede2000(pred_raw, test)
             row["gap_de00_wbc_running"] = output_gap(pred_raw, outputs(raw, test, "train"), test)["wbc"]
@@ -207,7 +221,7 @@ def main() -> None:
     earlier = json.loads(record.read_text(encoding="utf-8")) if record.exists() else []
     done = {r["method"] for r in rows}
     record.write_text(json.dumps([r for r in earlier if r["method"] not in done] + rows, indent=1), encoding="utf-8")
-    print(f"\n{'method':<8} {'CIEDE2000 WBC':>13} {'train mode':>10} {'gap WBC':>8} {'gap all':>8} "
+    print(f"\n{'method':<8} {'CIEDE2000 WBC':>13} {'train mode':>10} {'gap WBC':>8} {'gap all':>8} {'gap bs':>7} "
           f"{'running':>8} {'batch_x':>8} {'PSNR':>6} {'fit s':>7} {'it':>6} {'it/s':>7}")
     def cell(r: dict, key: str, fmt: str = ".3f") -> str:
         v = r.get(key)
@@ -216,7 +230,8 @@ def main() -> None:
     for r in rows:
         f = lambda key, fmt=".3f", r=r: cell(r, key, fmt)  # noqa: E731
         print(f"{r['method']:<8} {f('ciede2000_wbc'):>13} {f('ciede2000_wbc_train'):>10} {f('gap_de00_wbc'):>8} "
-              f"{f('gap_de00_all'):>8} {f('ciede2000_wbc_running'):>8} {f('ciede2000_wbc_batch_x'):>8} "
+              f"{f('gap_de00_all'):>8} {f('gap_de00_wbc_batchstats'):>7} {f('ciede2000_wbc_running'):>8} "
+              f"{f('ciede2000_wbc_batch_x'):>8} "
               f"{f('psnr', '.2f'):>6} {f('fit_seconds', '.0f'):>7} {f('iterations', 'd'):>6} "
               f"{f('iterations_per_s', '.3f'):>7}")
 

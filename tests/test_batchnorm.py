@@ -233,6 +233,47 @@ def test_precise_bn_after_training_is_deterministic_and_resumable(tmp_path, one_
         assert torch.allclose(v.float(), want[k].float(), atol=1e-6, rtol=0), k
 
 
+def test_precise_bn_at_the_freeze_point_then_frozen_training(tmp_path, one_thread, monkeypatch):
+    """bn_freeze_from with precise_bn_batches: the statistics are re-estimated once, at the freeze
+    point, with that point's weights (the same statistics a run ending there re-estimates), the frozen
+    iterations train the weights on them, nothing re-estimates them afterwards, the log marks the
+    frozen steps, and a run cut at the freeze point resumes to the same weights."""
+    from cellbench.train import CCGANTrainer
+
+    data = _pairs()
+    half = _ccgan(iterations=2, precise_bn_batches=3).fit(data, seed=0).state_dict()
+    full = _ccgan(bn_freeze_from=0.5, precise_bn_batches=3, sample_every=1)
+    full.bind_run_dir(tmp_path / "full")
+    want = {k: v.clone() for k, v in full.fit(data, seed=0).state_dict().items()}
+    plain_frozen = _ccgan(bn_freeze_from=0.5).fit(data, seed=0).state_dict()
+    gens = [k for k in want if k.startswith(("G_xy.", "G_yx.")) and "running_" in k]
+    assert gens
+    for k in gens:  # the frozen statistics are the precise ones of the weights at the freeze point
+        assert torch.allclose(want[k], half[k], atol=1e-6, rtol=0), k
+        assert not torch.equal(want[k], plain_frozen[k]), k  # not training's running averages
+    weights = [k for k in want if k.startswith("G_xy.") and k.endswith("weight")]
+    assert not all(torch.equal(want[k], half[k]) for k in weights)  # the weights trained on
+    assert [r.get("bn_frozen", 0) for r in _log(tmp_path / "full")] == [0, 0, 1, 1]
+
+    real_step = CCGANTrainer.train_step
+
+    def crash(self, x, y):  # in the first frozen step: the checkpoint holds the statistics before the re-estimate
+        if self.iteration == 2:
+            raise KeyboardInterrupt
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(CCGANTrainer, "train_step", crash)
+    cut = _ccgan(bn_freeze_from=0.5, precise_bn_batches=3, sample_every=1, checkpoint_every=1)
+    cut.bind_run_dir(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(data, seed=0)
+    monkeypatch.setattr(CCGANTrainer, "train_step", real_step)
+    resumed = _ccgan(bn_freeze_from=0.5, precise_bn_batches=3, sample_every=1, checkpoint_every=1)
+    resumed.bind_run_dir(tmp_path / "cut", resume=True)
+    for k, v in resumed.fit(data, seed=0).state_dict().items():
+        assert torch.allclose(v.float(), want[k].float(), atol=1e-6, rtol=0), k
+
+
 def test_bn_momentum_reaches_every_trained_network():
     from cellbench.train import TrainConfig
 
@@ -289,3 +330,27 @@ def test_report_curves_keep_the_sparse_gap_lines(tmp_path):
     assert [x for x, g in zip(curve.x, gap, strict=True) if np.isfinite(g)] == [500, 1000, 1500, 2000, 2500, 3000]
     assert len(curve.x) <= 2000 + 6
     assert figures.curve_figure(curve).startswith("data:image/png")
+
+
+def test_report_curves_shade_frozen_batch_norm_instead_of_plotting_the_flag(tmp_path):
+    """bn_frozen (logged with the gap once the statistics are frozen) is not a panel of its own: the
+    figure shades the iterations from the first frozen one."""
+    import json
+
+    from cellbench.report import figures
+    from cellbench.report.artifacts import ARTIFACTS, load_curves
+
+    folder = tmp_path / ARTIFACTS / "curves"
+    folder.mkdir(parents=True)
+    lines = []
+    for it in range(1, 101):
+        rec = {"iteration": it, "G_total": 1.0 / it}
+        if it % 10 == 0:
+            rec.update(bn_gap_de00=1.0 / it, **({"bn_frozen": 1} if it > 50 else {}))
+        lines.append(json.dumps(rec))
+    (folder / "ccgan.jsonl").write_text("\n".join(lines))
+    (curve,), _ = load_curves(tmp_path)
+    assert figures.curve_panels(curve) == (["bn_gap_de00", "G_total"], 60.0)
+    assert figures.curve_figure(curve).startswith("data:image/png")
+    del curve.series["bn_frozen"]
+    assert figures.curve_panels(curve) == (["bn_gap_de00", "G_total"], None)

@@ -287,25 +287,41 @@ def speed_quality(records: Sequence[Record], methods: Sequence[str], *, split: s
 # --------------------------------------------------------------------------- training curves
 
 
+def curve_panels(curve: Curve, *, max_panels: int = 9) -> tuple[list[str], float | None]:
+    """The quantities :func:`curve_figure` plots, in order (batch-norm gap first, ``bn_frozen`` not a
+    panel), and the first iteration trained on frozen batch-norm statistics (``None``: never)."""
+    frozen = np.asarray(curve.series.get("bn_frozen", []), dtype=float)
+    x = np.asarray(curve.x, dtype=float)
+    frozen_from = float(x[frozen == 1].min()) if (frozen == 1).any() else None
+    keys = sorted((k for k in curve.series if k != "bn_frozen"), key=lambda k: not k.startswith("bn_gap_"))
+    return keys[:max_panels], frozen_from
+
+
 def curve_figure(curve: Curve, *, max_panels: int = 9) -> str:
     """One small panel per logged quantity of one training log; the generators' batch-norm
     train/eval gap (``bn_gap_*``, cellbench.train.loop) first, as it says whether the losses
-    describe the network that inference runs."""
-    keys = sorted(curve.series, key=lambda k: not k.startswith("bn_gap_"))[:max_panels]
+    describe the network that inference runs. Iterations trained on frozen batch-norm statistics
+    (``bn_frozen``, from ``bn_freeze_from``) are shaded: there training computes the inference
+    function, and the gap panel shows the distance of batch statistics instead."""
+    keys, frozen_from = curve_panels(curve, max_panels=max_panels)
+    x = np.asarray(curve.x, dtype=float)
     ncol = min(3, len(keys))
     nrow = math.ceil(len(keys) / ncol)
     fig = _new(3.6 * ncol + 0.3, 2.5 * nrow + 0.3)
     axes = fig.subplots(nrow, ncol, squeeze=False)
-    x = np.asarray(curve.x, dtype=float)
     for k, key in enumerate(keys):
         ax = axes[k // ncol][k % ncol]
         _style(ax)
+        if frozen_from is not None:
+            ax.axvspan(frozen_from, float(np.nanmax(x)), color="#94a3b8", alpha=0.18, linewidth=0,
+                       label="batch norm frozen")
         y = np.asarray(curve.series[key], dtype=float)
         ok = np.isfinite(y)
         ax.plot(
             x[ok], y[ok], color="#0f766e", linewidth=1.1, marker="o" if ok.sum() <= 30 else None, markersize=3
         )
-        ax.set_title(_plain(key), fontsize=9)
+        title = _plain(key) + (" (shaded: frozen BN)" if frozen_from is not None and key.startswith("bn_gap_") else "")
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel(_plain(curve.x_name), fontsize=8)
         ax.tick_params(labelsize=7)
     for k in range(len(keys), nrow * ncol):

@@ -58,10 +58,14 @@ class TrainConfig:
     The averaged generators are checkpointed and are the ones training returns. ``None``: off
     (the paper). ``bn_momentum``: PyTorch momentum of every batch-norm layer of the trained
     networks (the new batch's weight in the running averages; 0.1 is PyTorch's default, 0.01 is
-    Keras' ``momentum=0.99`` that the paper's code ran with). ``precise_bn_batches``: > 0: after
-    the last iteration the generators' running statistics are replaced by population statistics
-    of the final weights over this many training batches, composed as in training (precise BN,
-    Wu & Johnson 2021, sec. 3.2; :func:`cellbench.nets.batchnorm.precise_bn`); 0: off.
+    Keras' ``momentum=0.99`` that the paper's code ran with). ``precise_bn_batches``: > 0: the
+    generators' running statistics are replaced by population statistics of the current weights over
+    this many training batches, composed as in training (precise BN, Wu & Johnson 2021, sec. 3.2;
+    :func:`cellbench.nets.batchnorm.precise_bn`): after the last iteration, or, with
+    ``bn_freeze_start``, once at the freeze point, before the first frozen iteration, so the frozen
+    statistics are the population's and the remaining iterations train the weights on exactly the
+    statistics inference uses (re-estimating them after training would change the function those
+    iterations optimised); 0: off.
     ``threads``: torch intra-op CPU threads while training on the CPU (``None``: the thread policy,
     :func:`cellbench.threads.threads_for_crop` of the training crop: 1 for the quick networks'
     32x32 crops, every usable core from 128x128; see ``docs/speed.md``); restored afterwards.
@@ -220,13 +224,20 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    @property
+    def bn_frozen(self) -> bool:
+        """Whether the current iteration trains the generators on their running batch-norm statistics
+        (``config.bn_freeze_start`` reached)."""
+        start = self.config.bn_freeze_start
+        return start is not None and self.iteration >= start
+
     def set_trainable(self, *names: str) -> None:
         """Unfreeze ``names`` (training mode), freeze every other trained network (paper sec. 5.5).
 
         Frozen networks also run in inference mode, so their batch norm uses (and does not
         update) its running statistics, as Keras does for layers with ``trainable = False``.
         """
-        freeze = self.config.bn_freeze_start is not None and self.iteration >= self.config.bn_freeze_start
+        freeze = self.bn_frozen
         for n in self.trained:
             self.nets[n].requires_grad_(n in names)
             self.nets[n].train(n in names)
@@ -313,9 +324,10 @@ class Trainer:
         return {f"bn_gap_{k}": round(v, 6) for k, v in gap.items()}
 
     @torch.no_grad()
-    def recompute_bn(self, source: BatchSource) -> int:
+    def recompute_bn(self, source: BatchSource, *, averaged: bool = True) -> int:
         """Precise BN (``config.precise_bn_batches``) for :attr:`PRECISE_BN_NETWORKS` (their
-        averages when ``ema_decay`` is set): population statistics of the final weights over
+        averages when ``ema_decay`` is set and ``averaged``; the trained networks at the freeze
+        point, whose statistics the averages copy): population statistics of the current weights over
         training batches drawn from ``source``'s current pool, composed by :meth:`bn_inputs`.
         ``source``'s random state is restored afterwards, so the result depends only on the
         checkpointed state (a resumed run recomputes the same statistics). Returns the batches used."""
@@ -329,19 +341,20 @@ class Trainer:
             for _ in range(n):
                 x, y = BatchSource.next_batch(source)  # the current pool; a stream is not advanced
                 with self.autocast():
-                    batch = self.bn_inputs(name, self.prepare(x), self.prepare(y), averaged=True)
+                    batch = self.bn_inputs(name, self.prepare(x), self.prepare(y), averaged=averaged)
                 yield batch
 
         used = 0
         try:
             for name in self.PRECISE_BN_NETWORKS:
-                net = self.result(name)
+                net = self.result(name) if averaged else self.nets[name]
                 with self.autocast():
                     used = precise_bn(net, inputs(name))
                 ddp.average_buffers(net, self.dist)
         finally:
             source.load_state_dict(state)
-        log.info("precise BN: %s re-estimated over %d batches", ", ".join(self.PRECISE_BN_NETWORKS), used)
+        log.info("precise BN at iteration %d: %s re-estimated over %d batches", self.iteration,
+                 ", ".join(self.PRECISE_BN_NETWORKS), used)
         return used
 
     # -- the loop ------------------------------------------------------------------------------
@@ -386,6 +399,9 @@ class Trainer:
         )
         try:
             while self.iteration < end:
+                if self.iteration == cfg.bn_freeze_start:  # before the first step on frozen statistics
+                    self.recompute_bn(source, averaged=False)
+                frozen = self.bn_frozen
                 t0 = time.perf_counter()
                 x, y = source.next_batch()
                 for net in self.nets.values():
@@ -410,6 +426,8 @@ class Trainer:
                     }
                     if (cfg.sample_every and it % cfg.sample_every == 0) or it == cfg.iterations:
                         rec.update(self.measure_bn_gap(*samples))
+                        if frozen:  # this step trained on the running statistics: the gap logged is the
+                            rec["bn_frozen"] = 1  # batch statistics' distance, not training's function's
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
                 bar.update(1)
@@ -424,7 +442,7 @@ class Trainer:
             bar.close()
             if log_file is not None:
                 log_file.close()
-        if self.iteration >= cfg.iterations:
+        if self.iteration >= cfg.iterations and cfg.bn_freeze_start is None:
             self.recompute_bn(source)
         for net in (*self.nets.values(), *self.ema.values()):
             net.eval()
