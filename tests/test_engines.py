@@ -38,7 +38,7 @@ def test_fold_batch_norm_removes_bn_and_keeps_output(generator, images):
         torch.testing.assert_close(folded(images), generator(images), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["folded", "channels_last", "onnxruntime"])
+@pytest.mark.parametrize("name", ["folded", "channels_last", "subpixel", "onnxruntime"])
 def test_fp32_engines_within_1e3_of_eager(name, generator, images):
     with torch.no_grad():
         want = generator(images)
@@ -63,8 +63,57 @@ def test_reduced_precision_engines_close(generator, images):
         want = generator(images)
     bf16 = build_engine(generator, "bf16")(images)
     assert bf16.dtype == torch.float32 and (bf16 - want).abs().mean() < 0.02
+    bf16_sub = build_engine(generator, "bf16_subpixel")(images)
+    assert bf16_sub.dtype == torch.float32 and (bf16_sub - want).abs().mean() < 0.02
     int8 = build_engine(generator, "int8", calibration=images, size=64)(images)
     assert (int8 - want).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_subpixel_conv_equals_convolution_of_the_nearest_upsampled_input(k):
+    """pixel_shuffle(subpixel_conv(conv)(x), 2) == conv(upsample_nearest_x2(x)), the reference computed
+    by torch's own interpolate and conv2d, including the zero padding at every border."""
+    from cellbench.nets.engines import subpixel_conv
+
+    g = torch.Generator().manual_seed(k)
+    conv = torch.nn.Conv2d(6, 5, k, padding=k // 2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        conv.bias.copy_(torch.randn(5, generator=g))
+    x = torch.randn(2, 6, 7, 9, generator=g)  # odd sides: no symmetry hides an off-by-one
+    sub = subpixel_conv(conv)
+    side = {1: 1, 3: 3, 5: 3, 7: 5}[k]  # 2 ceil(p / 2) + 1 low-resolution taps, p = k // 2
+    assert sub.kernel_size == (side, side) and sub.out_channels == 4 * 5
+    with torch.no_grad():
+        want = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+        got = torch.nn.functional.pixel_shuffle(sub(x), 2)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ConfigError, match="odd square kernel"):
+        subpixel_conv(torch.nn.Conv2d(3, 3, 4, padding=2))
+
+
+def test_subpixel_engine_on_the_paper_generator_shape():
+    """The paper's generator layout (5x5 transposed decoders, a transposed-convolution head with a bias
+    over cat[up(h), x]; here 4 narrow levels) through the sub-pixel rewrite: fp32 within 1e-5 of the
+    module; a bilinear generator is refused, as is an unfolded one."""
+    from cellbench.nets.engines import SubpixelUNet
+
+    torch.manual_seed(3)
+    gen = UNetGenerator([8, 16, 16, 16], kernel_size=5, up_kernel_size=5).eval()
+    for m in gen.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = gen(x)
+        folded = fold_batch_norm(gen)
+        torch.testing.assert_close(SubpixelUNet(folded)(x), want, atol=1e-5, rtol=0)
+    assert (build_engine(gen, "subpixel")(x) - want).abs().max() < 1e-5
+    with pytest.raises(ConfigError, match="nearest"):
+        SubpixelUNet(fold_batch_norm(UNetGenerator([4, 4], upsample="bilinear").eval()))
+    with pytest.raises(ConfigError, match="fold the batch norm"):
+        SubpixelUNet(gen)
 
 
 def test_with_engine_routes_normalizer_transform(images):
@@ -87,7 +136,8 @@ def test_engine_errors():
     assert with_engine(create_normalizer("poly"), "eager").name == "poly"
     with pytest.raises(ConfigError, match="int8"):
         build_engine(UNetGenerator([4, 4]), "int8")
-    assert set(ENGINES) >= {"eager", "folded", "channels_last", "onnxruntime", "compile", "bf16", "int8"}
+    assert set(ENGINES) >= {"eager", "folded", "channels_last", "subpixel", "onnxruntime", "compile", "bf16",
+                            "bf16_subpixel", "int8"}
 
 
 def test_choose_engine_picks_a_passing_engine_and_rejects_a_bad_one(images, monkeypatch):

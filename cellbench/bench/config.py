@@ -69,7 +69,7 @@ class RunConfig:
     stream_cache_mb: float = 512.0
     #: CPU inference engines the speed stage tries for ccGAN/pcNet; the fastest within the quality bound
     #: is profiled and named (issue #17; :func:`cellbench.eval.profiling.choose_engine`).
-    speed_engines: tuple[str, ...] = ("eager", "channels_last", "bf16")
+    speed_engines: tuple[str, ...] = ("eager", "channels_last", "subpixel", "bf16", "bf16_subpixel")
     #: CPU engine of ccGAN/pcNet for the run's own transforms (evaluations, distillation teachers): an
     #: fp32 engine (:data:`cellbench.nets.engines.FP32_ENGINES`, within 1e-3 of eager), so every quality
     #: figure stays the fp32 network's; ``channels_last`` (batch norm folded, NHWC) is 1.3-1.4x eager.
@@ -187,7 +187,7 @@ def load_run_config(profile: str = "quick", overrides: Mapping[str, Any] | None 
         distilled=_distilled(raw.get("distilled", [])),
         stream=_stream(raw.get("stream", "auto")),
         stream_cache_mb=check_float(raw.get("stream_cache_mb", 512.0), "stream_cache_mb", min=0.0, max=1_048_576.0),
-        speed_engines=_engines(raw.get("speed_engines", ["eager", "channels_last", "bf16"])),
+        speed_engines=_engines(raw.get("speed_engines", list(RunConfig.speed_engines))),
         eval_engine=_eval_engine(raw.get("eval_engine", "eager")),
     )
     for m in methods:
