@@ -254,6 +254,11 @@ def test_precise_bn_at_the_freeze_point_then_frozen_training(tmp_path, one_threa
     weights = [k for k in want if k.startswith("G_xy.") and k.endswith("weight")]
     assert not all(torch.equal(want[k], half[k]) for k in weights)  # the weights trained on
     assert [r.get("bn_frozen", 0) for r in _log(tmp_path / "full")] == [0, 0, 1, 1]
+    sparse = _ccgan(bn_freeze_from=0.5, sample_every=4)  # marked on every frozen line, gap or not
+    sparse.bind_run_dir(tmp_path / "sparse")
+    sparse.fit(data, seed=0)
+    assert [(r.get("bn_frozen", 0), "bn_gap_l1" in r) for r in _log(tmp_path / "sparse")] == [
+        (0, False), (0, False), (1, False), (1, True)]
 
     real_step = CCGANTrainer.train_step
 

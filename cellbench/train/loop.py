@@ -424,10 +424,10 @@ class Trainer:
                         "lr": self.schedulers[self.trained[0]].get_last_lr()[0],
                         **self.losses.values,
                     }
+                    if frozen:  # this step trained on the running statistics: from here the logged gap is
+                        rec["bn_frozen"] = 1  # the batch statistics' distance, not that of training's function
                     if (cfg.sample_every and it % cfg.sample_every == 0) or it == cfg.iterations:
                         rec.update(self.measure_bn_gap(*samples))
-                        if frozen:  # this step trained on the running statistics: the gap logged is the
-                            rec["bn_frozen"] = 1  # batch statistics' distance, not training's function's
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
                 bar.update(1)
