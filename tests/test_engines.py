@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -126,6 +128,19 @@ def test_with_engine_routes_normalizer_transform(images):
     assert (norm.transform(images) - want).abs().max() < 1e-3
     with_engine(norm, "eager")
     assert norm.inference_engine is None
+
+
+def test_cli_engine_options_offer_every_engine():
+    """`transform --engine` offers every engine but int8 (which needs calibration images: Python API),
+    `profile --engine` every engine, so a new engine cannot be missing from one command line."""
+    from cellbench.cli import build_parser
+
+    def choices(command: str) -> set[str]:
+        sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        return set(next(a for a in sub.choices[command]._actions if a.dest == "engine").choices)
+
+    assert choices("transform") == set(ENGINES) - {"int8"}
+    assert choices("profile") == set(ENGINES)
 
 
 def test_engine_errors():

@@ -172,8 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="output folder (same names and sub-folders)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--engine", default="eager", choices=["eager", "folded", "channels_last", "onnxruntime", "compile",
-                                                         "bf16", "bf16_compile"],
+    from ..nets.engines import ENGINES
+
+    p.add_argument("--engine", default="eager", choices=[e for e in ENGINES if e != "int8"],
                    help="CPU inference engine of ccgan/pcnet (cellbench.nets.engines; default eager; int8 needs "
                         "calibration images: Python API)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
