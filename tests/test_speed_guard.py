@@ -66,6 +66,25 @@ def test_a_regression_fails_and_is_named(tmp_path, guard, baseline, capsys):
     assert guard.main([str(tmp_path / "run.json"), "--baseline", str(baseline), "--factor", "4"]) == 0
 
 
+def test_a_slow_median_with_a_fast_round_is_noise_not_a_regression(tmp_path, guard, baseline, capsys):
+    """Two disturbed rounds of three raise a median 3.5x; the fastest round is at the baseline ratio, so
+    it is load, reported as noisy; when the fastest round is 3.5x slower too, it fails."""
+    hm = "test_transform_throughput_256[hm]"
+
+    def run(path, hm_min):
+        data = json.loads(bench_json(path, dict(BASE, **{hm: 0.05 * 3.5})).read_text())
+        for b in data["benchmarks"]:
+            b["stats"]["min"] = hm_min if b["name"] == hm else b["stats"]["median"]
+        path.write_text(json.dumps(data))
+        return str(path)
+
+    assert guard.main([run(tmp_path / "noisy.json", 0.05), "--baseline", str(baseline)]) == 0
+    out = capsys.readouterr().out
+    assert "noisy (fastest round 1.00x: load, not code)" in out and "PASS" in out
+    assert guard.main([run(tmp_path / "slow.json", 0.05 * 3.5), "--baseline", str(baseline)]) == 1
+    assert f"{hm} (3.5x)" in capsys.readouterr().out
+
+
 def test_a_faster_reference_is_a_regression_of_everything_else(tmp_path, guard, baseline):
     """Ratios are relative: if only the reference gets 4x faster, every other ratio grows 4x."""
     run = dict(BASE, **{REF: 0.10 / 4})
