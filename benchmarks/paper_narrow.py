@@ -65,6 +65,11 @@ def output_gap(a: torch.Tensor, b: torch.Tensor, test) -> dict[str, float]:
     return {"all": float(de.mean()), "wbc": float(np.mean(per_image)) if per_image else float("nan")}
 
 
+def frozen_bn(norm) -> bool:
+    """Whether the last training steps ran on frozen batch-norm statistics (``bn_freeze_from`` < 1)."""
+    return float(norm.config.bn_freeze_from) < 1.0
+
+
 @torch.no_grad()
 def outputs(norm, test, mode: str) -> torch.Tensor:
     """G_xy on the test images: ``eval`` (running statistics, whole images), ``batch`` (batch
@@ -77,7 +82,7 @@ def outputs(norm, test, mode: str) -> torch.Tensor:
     G, F = norm.G_xy.eval(), norm.G_yx.eval()
     b = int(norm.config.batch_size)
     if mode == "train":
-        mode = "frozen" if float(norm.config.bn_freeze_from) < 1.0 else "batch"
+        mode = "frozen" if frozen_bn(norm) else "batch"
     out = []
     for i in range(0, len(test), b):
         x, y = test.x[i : i + b], test.y[i : i + b]
@@ -202,14 +207,14 @@ def main() -> None:
         row["ciede2000_wbc_train"] = wbc_ciede2000(pred_train, test)
         gap = output_gap(pred_eval, pred_train, test)
         row["gap_de00_all"], row["gap_de00_wbc"] = gap["all"], gap["wbc"]
-        if float(norm.config.bn_freeze_from) < 1.0:  # the batch-statistics function training left behind
+        if frozen_bn(norm):  # the batch-statistics function training left behind
             pred_batch = outputs(norm, test, "batch")
             row["ciede2000_wbc_batchstats"] = wbc_ciede2000(pred_batch, test)
             gap = output_gap(pred_eval, pred_batch, test)
             row["gap_de00_all_batchstats"], row["gap_de00_wbc_batchstats"] = gap["all"], gap["wbc"]
         row["ciede2000_wbc_batch_x"] = wbc_ciede2000(outputs(norm, test, "batch_x"), test)
         raw = checkpoint_generators(norm, run_dir)
-        if raw is not None and norm.config.precise_bn_batches and float(norm.config.bn_freeze_from) >= 1.0:
+        if raw is not None and norm.config.precise_bn_batches and not frozen_bn(norm):
             pred_raw = outputs(raw, test, "eval")
             row["ciede2000_wbc_running"] = wbc_ciede2000(pred_raw, test)
             row["gap_de00_wbc_running"] = output_gap(pred_raw, outputs(raw, test, "train"), test)["wbc"]

@@ -39,13 +39,17 @@ class GuardError(Exception):
     """The benchmark JSON or the baseline cannot be used (unreadable, no reference benchmark)."""
 
 
-def read_stat(path: str | Path, stat: str) -> dict[str, float]:
-    """Seconds per benchmark name of one statistic (``median``, ``min``) of a pytest-benchmark JSON file
-    (benchmarks without it are left out)."""
+def load_run(path: str | Path) -> dict:
+    """A pytest-benchmark JSON file, parsed."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise GuardError(f"{path}: cannot read a pytest-benchmark JSON ({exc})") from None
+
+
+def read_stat(data: dict, stat: str) -> dict[str, float]:
+    """Seconds per benchmark name of one statistic (``median``, ``min``) of a parsed pytest-benchmark
+    JSON (:func:`load_run`; benchmarks without it are left out)."""
     out = {}
     for b in data.get("benchmarks", []):
         value = (b.get("stats") or {}).get(stat)
@@ -54,13 +58,11 @@ def read_stat(path: str | Path, stat: str) -> dict[str, float]:
     return out
 
 
-def read_medians(path: str | Path) -> tuple[dict[str, float], dict]:
-    """Median seconds per benchmark name of a pytest-benchmark JSON file, and its machine/commit info."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GuardError(f"{path}: cannot read a pytest-benchmark JSON ({exc})") from None
-    medians = read_stat(path, "median")
+def read_medians(path: str | Path, data: dict | None = None) -> tuple[dict[str, float], dict]:
+    """Median seconds per benchmark name of a pytest-benchmark JSON file (``data``: already parsed),
+    and its machine/commit info."""
+    data = load_run(path) if data is None else data
+    medians = read_stat(data, "median")
     if not medians:
         raise GuardError(f"{path}: no benchmark results (was pytest run with --benchmark-enable?)")
     info = {"machine": (data.get("machine_info") or {}).get("node"),
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speed_guard: --factor must be above 1, got {args.factor}", file=sys.stderr)
         return 2
     try:
-        medians, info = read_medians(args.json)
+        run = load_run(args.json)
+        medians, info = read_medians(args.json, run)
         base_path = Path(args.baseline)
         if args.write_baseline:
             reference = args.reference or DEFAULT_REFERENCE
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                              "create it with --write-baseline") from None
         reference = args.reference or stored.get("reference", DEFAULT_REFERENCE)
         cur = ratios(medians, reference)
-        mins = read_stat(args.json, "min")
+        mins = read_stat(run, "min")
         fastest = ratios(mins, reference) if reference in mins else None
     except GuardError as exc:
         print(f"speed_guard: {exc}", file=sys.stderr)

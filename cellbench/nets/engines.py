@@ -1,31 +1,32 @@
 """Inference engines for the U-Net generators (ccGAN, pcNet) on the CPU: same weights, faster runs.
 
-=================  ====================================================================  =========
-engine             what it does                                                          precision
-=================  ====================================================================  =========
-``eager``          the module as trained, under ``torch.inference_mode``                 fp32
-``folded``         batch norm folded into the preceding (transposed) convolution:        fp32
-                   ``w' = w * g / sqrt(v + eps)``, ``b' = (b - mu) g / sqrt(v + eps) + beta``
-                   (Ioffe & Szegedy 2015, eq. of the inference-time transform)
-``channels_last``  ``folded`` in NHWC memory format (oneDNN's preferred layout)          fp32
-``onnxruntime``    ``folded`` exported to ONNX, run by ONNX Runtime with all graph        fp32
-                   optimisations and ``threads`` intra-op threads
-``compile``        ``folded`` + channels-last through ``torch.compile`` (Inductor,       fp32
-                   ``freezing``: weights are constants, convolutions pre-packed)
-``subpixel``       ``channels_last`` with every "nearest x2 upsampling -> stride-1 k x k      fp32
-                   convolution" of the decoder rewritten as one convolution of the low-
-                   resolution input into 4x the channels and a pixel shuffle (exact;
-                   2.8x fewer multiply-adds for the paper's 5x5 kernels; :class:`SubpixelUNet`)
-``bf16``           ``channels_last`` under ``torch.autocast("cpu", torch.bfloat16)``:    bf16
-                   oneDNN runs the convolutions on AVX-512 BF16 / AMX units
-``bf16_compile``   ``compile`` (with frozen, pre-packed weights) under bf16 autocast:     bf16
-                   Inductor folds the casts into fused kernels and oneDNN keeps the
-                   weights in its blocked bf16 layout between calls
-``bf16_subpixel``   ``subpixel`` with bf16 weights and activations throughout (no casts     bf16
-                   between layers; oneDNN's AMX / AVX-512 BF16 convolutions)
-``int8``           ONNX Runtime static quantization (QDQ, per-channel int8 weights,      int8
-                   uint8 activations) calibrated on sample images (MinMax)
-=================  ====================================================================  =========
+==================  ====================================================================  =========
+engine              what it does                                                          precision
+==================  ====================================================================  =========
+``eager``           the module as trained, under ``torch.inference_mode``                 fp32
+``folded``          batch norm folded into the preceding (transposed) convolution:        fp32
+                    ``w' = w * g / sqrt(v + eps)``, ``b' = (b - mu) g / sqrt(v + eps) + beta``
+                    (Ioffe & Szegedy 2015, eq. of the inference-time transform)
+``channels_last``   ``folded`` in NHWC memory format (oneDNN's preferred layout)          fp32
+``onnxruntime``     ``folded`` exported to ONNX, run by ONNX Runtime with all graph       fp32
+                    optimisations and ``threads`` intra-op threads
+``compile``         ``folded`` + channels-last through ``torch.compile`` (Inductor,       fp32
+                    ``freezing``: weights are constants, convolutions pre-packed)
+``subpixel``        ``channels_last`` with each decoder's "nearest x2 upsampling ->       fp32
+                    stride-1 k x k convolution rewritten as one convolution of the
+                    low-resolution input into 4x the channels and a pixel shuffle
+                    (exact; 2.8x fewer multiply-adds for the paper's 5x5 kernels;
+                    :class:`SubpixelUNet`)
+``bf16``            ``channels_last`` under ``torch.autocast("cpu", torch.bfloat16)``:    bf16
+                    oneDNN runs the convolutions on AVX-512 BF16 / AMX units
+``bf16_compile``    ``compile`` (with frozen, pre-packed weights) under bf16 autocast:    bf16
+                    Inductor folds the casts into fused kernels and oneDNN keeps the
+                    weights in its blocked bf16 layout between calls
+``bf16_subpixel``   ``subpixel`` with bf16 weights and activations throughout (no casts   bf16
+                    between layers; oneDNN's AMX / AVX-512 BF16 convolutions)
+``int8``            ONNX Runtime static quantization (QDQ, per-channel int8 weights,      int8
+                    uint8 activations) calibrated on sample images (MinMax)
+==================  ====================================================================  =========
 
 fp32 engines agree with ``eager`` to 1e-3 (``tests/test_engines.py``); the reduced-precision ones
 are checked by colour difference in ``benchmarks/engines_speed.py`` and
@@ -208,17 +209,11 @@ class SubpixelUNet(nn.Module):
         self.multiple = folded.multiple
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """As :meth:`cellbench.nets.UNetGenerator.forward`."""
+        """As :meth:`cellbench.nets.UNetGenerator.forward`, the final upsampling folded into the head."""
+        from .generator import unet_trunk
+
         x = images * 2.0 - 1.0
-        skips = []
-        h = x
-        for enc in self.encoders:
-            h = enc(h)
-            skips.append(h)
-        h = skips.pop()
-        for dec in self.decoders:
-            h = torch.cat([dec(h), skips.pop()], dim=1)
-        h = self.head_up(h)
+        h = self.head_up(unet_trunk(self.encoders, self.decoders, x))
         if self.head_skip is not None:
             h = h + self.head_skip(x)
         return (torch.tanh(self.head_rest(h)) + 1.0) * 0.5
@@ -337,10 +332,12 @@ def build_engine(generator: nn.Module, name: str, *, threads: int | None = None,
         if bf16:
             sub = sub.to(torch.bfloat16)
 
+        dtype = torch.bfloat16 if bf16 else torch.float32
+
         def run_subpixel(images: torch.Tensor) -> torch.Tensor:
-            x = images.contiguous(memory_format=torch.channels_last)
+            x = images.to(dtype, memory_format=torch.channels_last)  # one copy: layout and precision
             with torch.inference_mode():
-                return sub(x.to(torch.bfloat16) if bf16 else x).float().contiguous()
+                return sub(x).float().contiguous()
 
         return run_subpixel
     fp32 = _onnx_bytes(folded, size)

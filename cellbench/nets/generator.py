@@ -18,6 +18,22 @@ import torch
 from torch import nn
 
 
+def unet_trunk(encoders: Sequence[nn.Module], decoders: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The U-Net's encoders and decoders on ``x`` (in [-1, 1]): each decoder's output concatenated with
+    the encoder features of its resolution, up to the last decoder (before the final upsampling and the
+    head). Shared by :class:`UNetGenerator` and the inference engines that replace its decoders
+    (:class:`cellbench.nets.engines.SubpixelUNet`)."""
+    skips = []
+    h = x
+    for enc in encoders:
+        h = enc(h)
+        skips.append(h)
+    h = skips.pop()
+    for dec in decoders:
+        h = torch.cat([dec(h), skips.pop()], dim=1)
+    return h
+
+
 class EncoderBlock(nn.Sequential):
     """``(N, c_in, H, W)`` -> ``(N, c_out, H/2, W/2)``: conv(k, stride 2) -> BN -> LeakyReLU(0.2)."""
 
@@ -139,15 +155,7 @@ class UNetGenerator(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in [0, 1] -> ``(N, 3, H, W)`` in [0, 1]."""
         x = images * 2.0 - 1.0
-        skips = []
-        h = x
-        for enc in self.encoders:
-            h = enc(h)
-            skips.append(h)
-        h = skips.pop()
-        for dec in self.decoders:
-            h = torch.cat([dec(h), skips.pop()], dim=1)
-        h = self.up(h)
+        h = self.up(unet_trunk(self.encoders, self.decoders, x))
         if self.input_skip:
             h = torch.cat([h, x], dim=1)
         return (torch.tanh(self.head(h)) + 1.0) * 0.5
