@@ -21,6 +21,7 @@ from cellbench.sim.morphology import (
     count_lobes,
     load_morphology,
     measure_folder,
+    measure_image,
     packaged_derived,
     save_morphology,
 )
@@ -59,6 +60,46 @@ def test_a_band_nucleus_is_one_lobe():
         _disc(m, 80 + 45 * math.sin(a), 80 + 45 * math.cos(a), 12)
     assert count_lobes(m) == 1
     assert count_lobes(np.zeros((10, 10), bool)) == 0
+
+
+# -- a cytoplasm the colour segmentation labels red cell (haemoglobinised erythroblasts) ----------
+
+
+def _field_with_cell(ring_label: int):
+    """A 256 px field: nucleus disc r 20 at the centre, a ring out to r 45 labelled ``ring_label``
+    (1 red cell: an erythroblast's lilac-grey cytoplasm; 3 cytoplasm), a red cell r 35 touching the
+    cell on the right and one free red cell; the image painted from the labels."""
+    labels = np.zeros((256, 256), np.uint8)
+    yy, xx = np.mgrid[0:256, 0:256]
+    r = np.hypot(yy - 128, xx - 128)
+    labels[np.hypot(yy - 128, xx - 206) <= 35] = 1  # touching: centres 78 px apart, radii 45 + 35
+    labels[np.hypot(yy - 40, xx - 50) <= 34] = 1
+    labels[r <= 45] = ring_label
+    labels[r <= 20] = 4
+    palette = np.array([[235, 225, 205], [205, 150, 155], [0, 0, 0], [175, 165, 205], [70, 40, 115]], np.uint8)
+    return palette[labels], labels
+
+
+def test_a_cytoplasm_labelled_red_cell_is_measured_as_the_round_body_around_the_nucleus():
+    image, labels = _field_with_cell(1)
+    m = measure_image(image, labels, "erythroblast")
+    assert m["found"]
+    # the body of radius 45 (area 6,362 px), not the nucleus alone (1,257 px; ratio ~1) and not the
+    # touching red cell (+3,848 px)
+    assert m["cell_area"] == pytest.approx(math.pi * 45**2, rel=0.06)
+    assert m["nc_ratio"] == pytest.approx((20 / 45) ** 2, abs=0.03)
+    # the same cell with its cytoplasm labelled as such measures the same
+    image3, labels3 = _field_with_cell(3)
+    m3 = measure_image(image3, labels3, "erythroblast")
+    assert m3["cell_area"] == pytest.approx(m["cell_area"], rel=0.06)
+
+
+def test_a_nucleus_next_to_a_red_cell_does_not_take_it_in():
+    """A cell with its own (cytoplasm-labelled) rim touching a red cell: the rule does not fire, and the
+    measured cell stays the white cell."""
+    image, labels = _field_with_cell(3)
+    m = measure_image(image, labels, "lymphocyte")
+    assert m["cell_area"] < math.pi * 45**2 * 1.06
 
 
 # -- measurement recovers known properties of rendered scenes -----------------------------------

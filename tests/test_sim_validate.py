@@ -182,3 +182,19 @@ def test_cli_measure(tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
     assert "--limit-per-class" in _one_line_error(
         capsys, ["simulate", "measure", "--real", str(real), "--out", str(out), "--limit-per-class", "0"])
+
+
+def test_the_simulator_fingerprint_is_read_once_per_process(monkeypatch):
+    """A run's later stages get the key its first ones got, even if cellbench/sim changes on disk
+    meanwhile (a docstring edited during `run-all` once made it retrain its distillation teachers)."""
+    from cellbench.eval import validate as V
+
+    first = V.simulator_fingerprint()
+    first["source_sha256"] = "changed by the caller"
+
+    def no_rehash(*_a, **_k):
+        raise AssertionError("the simulator's files were hashed again")
+
+    monkeypatch.setattr(V.hashlib, "sha256", no_rehash)
+    again = V.simulator_fingerprint()
+    assert again["source_sha256"] != "changed by the caller" and len(again["source_sha256"]) == 16

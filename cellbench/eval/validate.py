@@ -55,6 +55,7 @@ folder may not lie inside the real folder (the real data stays untouched).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -110,8 +111,15 @@ def simulator_fingerprint() -> dict[str, Any]:
     """What the simulator is: a hash of its source and data files, and the morphology version.
 
     The hash covers every ``.py``, ``.toml`` and ``.json`` file under ``cellbench/sim`` (content,
-    not dates), so two runs with the same fingerprint used the same simulator.
+    not dates), so two runs with the same fingerprint used the same simulator. It is read once per
+    process (the code this process imported): a file edited on disk while a run goes on does not
+    give that run's later stages other keys (which made a run retrain its teachers).
     """
+    return dict(_simulator_fingerprint())
+
+
+@functools.lru_cache(maxsize=1)
+def _simulator_fingerprint() -> dict[str, Any]:
     from .. import sim
 
     base = Path(sim.__file__).parent

@@ -19,6 +19,11 @@ not fragment the nucleus. Then, with ``t`` the summed optical density
 * **white cell**: the nucleus components whose centroid lies within ``0.3 size`` of the centre
   (and within ``0.35 size`` of the largest of them) form the nucleus; the cell is the convex hull
   of the nucleus and the cytoplasm pixels connected to it (after a closing and hole filling).
+  Where the ring around the nucleus is mostly labelled red cell and hardly cytoplasm (the
+  haemoglobinised cytoplasm of polychromatic and orthochromatic erythroblasts, which a colour
+  segmentation cannot tell from red cells), the cell also takes in the round body around the
+  nucleus: a distance-transform watershed seeded by the nucleus and by the other bodies' distance
+  maxima, so red cells touching the white cell stay out (:func:`_red_cytoplasm`, :func:`_basin`).
   Areas in px; the nucleus/cell area ratio; the nucleus offset from the cell centroid over the
   cell's equivalent radius.
 * **nucleus shape**: solidity (area / convex-hull area: indentation), eccentricity (from the
@@ -250,6 +255,43 @@ def _field(labels: np.ndarray, t: np.ndarray, cell: np.ndarray) -> dict:
     return out
 
 
+#: The ring around the nucleus (px beyond its border) that decides whether its cytoplasm looks like red cells.
+RED_RING_PX = (1, 6)
+
+
+def _red_cytoplasm(labels: np.ndarray, nucleus: np.ndarray) -> bool:
+    """True when the cytoplasm around ``nucleus`` is coloured like red cells (haemoglobinised: the
+    polychromatic / orthochromatic erythroblast's), so that the colour segmentation labels it red cell:
+    in the ring :data:`RED_RING_PX` around the nucleus, under a quarter of the pixels are cytoplasm
+    and over half are red cell."""
+    ring = ndi.binary_dilation(nucleus, _disk(RED_RING_PX[1])) & ~ndi.binary_dilation(nucleus, _disk(RED_RING_PX[0]))
+    if not ring.any():
+        return False
+    lr = labels[ring]
+    return bool((lr == 3).mean() < 0.25 and (lr == 1).mean() > 0.5)
+
+
+def _basin(labels: np.ndarray, nucleus: np.ndarray, *, min_distance: int = 15) -> np.ndarray:
+    """The round body around ``nucleus`` when its cytoplasm is labelled red cell: a watershed of the
+    foreground's distance transform (the classic split of touching round objects, Beucher &
+    Lantuejoul 1979) from the nucleus (dilated 2 px) and from the distance maxima of the other
+    bodies (at least ``min_distance`` px apart), so that red cells touching the white cell stay out."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    fg = ndi.binary_fill_holes(ndi.binary_closing(labels > 0, _disk(2)))
+    edt = ndi.distance_transform_edt(fg)
+    seed = ndi.binary_dilation(nucleus, _disk(2))
+    markers = np.zeros(labels.shape, np.int32)
+    markers[seed] = 1
+    far = ~ndi.binary_dilation(nucleus, _disk(8))
+    peaks = peak_local_max(edt, min_distance=min_distance, labels=fg.astype(np.int32), exclude_border=False)
+    for i, (y, x) in enumerate(peaks):
+        if far[y, x]:
+            markers[y, x] = i + 2
+    return watershed(-edt, markers, mask=fg | seed) == 1
+
+
 def measure_image(image: np.ndarray, labels: np.ndarray, cls: str | None = None) -> dict:
     """Features of one image ``(H, W, 3)`` uint8 given its region ``labels`` ``(H, W)``.
 
@@ -296,6 +338,8 @@ def measure_image(image: np.ndarray, labels: np.ndarray, cls: str | None = None)
     ids = np.unique(clab[nucleus])
     cell = ndi.binary_fill_holes(np.isin(clab, ids[ids > 0]))
     cell = ndi.binary_opening(cell, _disk(3)) | nucleus
+    if _red_cytoplasm(labels, nucleus):
+        cell = cell | _basin(labels, nucleus)
     cell = convex_hull_image(cell)
     nuc_f = ndi.binary_fill_holes(ndi.binary_closing(nucleus, _disk(2))) & cell
     ca, na = float(cell.sum()), float(nuc_f.sum())

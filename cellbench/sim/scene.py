@@ -91,7 +91,7 @@ _CLASS: dict[str, dict] = {
         nuc_size=0.30,
         cyt=_c(eo=0.206, aze=0.053, hb=0.160),
         nuc=_c(eo=0.233, mb=0.129, azb=0.241, aze=0.680, hb=0.308),
-        gran=_c(eo=0.04, mb=0.16, azb=0.36, aze=0.88),
+        gran=_c(eo=0.055, mb=0.221, azb=0.477, aze=0.704, hb=0.110),
         chrom=(0.3, 0.4),
         gran_over_nucleus=True,
     ),
@@ -100,7 +100,7 @@ _CLASS: dict[str, dict] = {
         nucleus="round",
         nuc_size=0.80,
         cyt=_c(eo=0.341, mb=0.414, azb=0.380, aze=0.541, hb=0.249),
-        nuc=_c(eo=0.389, mb=0.215, azb=0.401, aze=1.133, hb=0.513),
+        nuc=_c(eo=0.358, mb=0.232, azb=0.485, aze=1.008, hb=0.520),
         gran=None,
         chrom=(0.3, 0.7),
     ),
@@ -108,8 +108,8 @@ _CLASS: dict[str, dict] = {
         radius=(80, 6),
         nucleus="kidney",
         nuc_size=0.55,
-        cyt=_c(eo=0.245, mb=0.240, azb=0.262, aze=0.397, hb=0.179),
-        nuc=_c(eo=0.400, mb=0.157, azb=0.300, aze=0.898, hb=0.330),
+        cyt=_c(eo=0.214, mb=0.262, azb=0.307, aze=0.431, hb=0.136),
+        nuc=_c(eo=0.360, mb=0.169, azb=0.360, aze=0.856, hb=0.330),
         gran=_c(azb=0.04, aze=0.10),
         chrom=(0.5, 0.3),
         vacuoles=(1, 6),
@@ -119,7 +119,7 @@ _CLASS: dict[str, dict] = {
         nucleus="eccentric",
         nuc_size=0.55,
         cyt=_c(eo=0.261, mb=0.191, azb=0.223, aze=0.351, hb=0.211),
-        nuc=_c(eo=0.395, mb=0.214, azb=0.380, aze=0.939, hb=0.382),
+        nuc=_c(eo=0.368, mb=0.226, azb=0.426, aze=0.908, hb=0.362),
         gran=_c(eo=0.02, azb=0.15, aze=0.35),
         chrom=(0.25, 0.3),
     ),
@@ -127,8 +127,8 @@ _CLASS: dict[str, dict] = {
         radius=(48, 6),
         nucleus="round",
         nuc_size=0.55,
-        cyt=_c(eo=0.276, mb=0.470, azb=0.378, aze=0.126, hb=0.25),
-        nuc=_c(eo=0.309, mb=0.263, azb=0.472, aze=1.295, hb=0.648),
+        cyt=_c(eo=0.489, mb=0.427, azb=0.455, aze=0.357, hb=0.316),
+        nuc=_c(eo=0.285, mb=0.291, azb=0.609, aze=1.118, hb=0.683),
         gran=None,
         chrom=(0.3, 0.8),
     ),
@@ -466,17 +466,19 @@ def _aspect(ecc: float) -> float:
 def _lobed(rng, size, nucl, cy, cx, rc, area, nl, ecc, *, touching: bool = False):
     """``nl`` lobes on an arc inside the cell, joined by thin chromatin strands.
 
-    Lobes are elongated radially; neighbours are placed at least their summed minor radii apart
-    (so that they show as separate lobes) unless ``touching`` (a segmented nucleus whose lobes
-    overlap in the image).
+    Lobes are elongated along the arc (the segments of a neutrophil nucleus curve around the cell,
+    leaving cytoplasm at its centre: the radial colour profile of PBC neutrophils is lighter at the
+    centre than a ring of radially elongated lobes); neighbours are placed at least their summed
+    semi-major radii apart (so that they show as separate lobes) unless ``touching`` (a segmented
+    nucleus whose lobes overlap in the image).
     """
     span = rng.uniform(0.8, 1.3) * math.pi * (0.75 if nl == 2 else 1.0)
     asp = min(_aspect(ecc), 1.8)
     lobe_area = area / nl
     minor = _ellipse_r(lobe_area, asp) / asp
     step = span / max(nl - 1, 1)
-    need = (1.6 if touching else 2.3) * minor / (2 * math.sin(min(step, math.pi) / 2))
-    arc_r = min(max(rc * rng.uniform(0.35, 0.5), need), max(0.2 * rc, 0.95 * rc - minor * asp))
+    need = (0.55 if touching else 1.15) * minor * asp / math.sin(min(step, math.pi) / 2)
+    arc_r = min(max(rc * rng.uniform(0.35, 0.5), need), max(0.2 * rc, 0.95 * rc - minor))
     start = rng.uniform(0, 2 * math.pi)
     pts = []
     for j in range(nl):
@@ -484,7 +486,7 @@ def _lobed(rng, size, nucl, cy, cx, rc, area, nl, ecc, *, touching: bool = False
         p = (cy + arc_r * math.sin(t) + rng.normal(0, 2), cx + arc_r * math.cos(t) + rng.normal(0, 2))
         pts.append(p)
         lr = _ellipse_r(lobe_area * rng.uniform(0.8, 1.2), asp)
-        _paint_max(nucl, _blob(size, p[0], p[1], lr, rng, 0.06, asp, t + rng.normal(0, 0.3)))
+        _paint_max(nucl, _blob(size, p[0], p[1], lr, rng, 0.06, asp, t + math.pi / 2 + rng.normal(0, 0.3)))
     for p, q in zip(pts[:-1], pts[1:], strict=False):
         _paint_max(nucl, _capsule(size, p, q, rng.uniform(2.0, 5.0)))
 
