@@ -67,11 +67,9 @@ def radial_profile(images: np.ndarray, *, rings: int = 12) -> np.ndarray:
 def radial(real_dir: str, n: int, *, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{class: (real profile, simulated profile)}``: real train split (``n`` evenly spaced images per
     class, 256 px centre crops) against ``n`` simulated dm96-like images per class."""
-    from pathlib import Path
+    from cellbench.sim.morphology import load_folder_images
 
-    from cellbench.sim.morphology import _load_folder_images  # noqa: PLC2701 (benchmark helper)
-
-    real = _load_folder_images(Path(real_dir), n, 256, "train", 0)
+    real = load_folder_images(real_dir, n, 256, "train")
     data = simulate_pairs(n * len(CLASSES), size=256, seed=seed)
     y = (data.y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     labels = np.array(data.labels)

@@ -25,25 +25,20 @@ Prints the new stain table to paste into ``cellbench/sim/scene.py``.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.color import deltaE_ciede2000, rgb2lab
+from skimage.color import deltaE_ciede2000
 
-from cellbench.data.classes import CLASSES
-from cellbench.data.folders import index_labelled
 from cellbench.data.masks import CYTOPLASM, NUCLEUS, RED_CELL
-from cellbench.io import read_image
-from cellbench.segmentation import ColourSegmenter
 from cellbench.sim import scene
-from cellbench.sim.calibrate import _to_t, real_images, simulated_images
+from cellbench.sim.calibrate import _to_t, fit_segmenter, real_images, region_means, simulated_images
+from cellbench.sim.morphology import load_folder_images
 from cellbench.sim.resim import estimate_amounts
-from cellbench.tensors import center_crop_or_pad
 
 
 def region_amounts(images: dict[str, np.ndarray], seed: int = 0) -> dict:
-    seg = ColourSegmenter().fit(_to_t(np.concatenate(list(images.values()))), seed=seed)
+    seg = fit_segmenter(images, seed=seed)
     out = {}
     for cls, imgs in images.items():
         labels = seg.predict(_to_t(imgs)).numpy()
@@ -58,31 +53,9 @@ def region_amounts(images: dict[str, np.ndarray], seed: int = 0) -> dict:
 # -- Lab space: Gauss-Newton on the segmented regions' mean CIELAB colour ------------------------
 
 
-def train_split_images(root: str, n: int, size: int = 256) -> dict[str, np.ndarray]:
-    """``n`` real images per class (evenly spaced) from the folder's seeded **train** split only."""
-    items, _ = index_labelled(Path(root), write_split=False)
-    out = {}
-    for cls in CLASSES:
-        its = [it for it in items if it.cls == cls and it.split == "train"]
-        if its:
-            pick = np.linspace(0, len(its) - 1, min(n, len(its))).round().astype(int)
-            out[cls] = np.stack([center_crop_or_pad(read_image(its[i].path), size) for i in pick])
-    return out
-
-
 def region_lab(images: dict[str, np.ndarray], seg) -> dict:
-    """Mean CIELAB of the nucleus and cytoplasm regions per white-cell class (``seg`` fitted)."""
-    out = {}
-    for cls, imgs in images.items():
-        if cls == "platelet":
-            continue
-        labels = seg.predict(_to_t(imgs)).numpy()
-        lab = rgb2lab(imgs.astype(np.float64) / 255.0)
-        for reg in (NUCLEUS, CYTOPLASM):
-            sel = labels == reg
-            if sel.sum() > 50:
-                out[(cls, reg)] = lab[sel].mean(0)
-    return out
+    """Mean CIELAB of the nucleus and cytoplasm regions (over 50 px) per class, regions from ``seg``."""
+    return {k: lab for k, (lab, n) in region_means(images, seg=seg).items() if k[1] in (NUCLEUS, CYTOPLASM) and n > 50}
 
 
 def tune_lab(real_root: str, *, n_real: int = 40, n_sim: int = 16, rounds: int = 3, step: float = 0.8,
@@ -99,12 +72,12 @@ def tune_lab(real_root: str, *, n_real: int = 40, n_sim: int = 16, rounds: int =
     lymphocyte rim, the basophil's granule-covered cell).
     """
     key = {NUCLEUS: "nuc", CYTOPLASM: "cyt"}
-    real = train_split_images(real_root, n_real)
-    target = region_lab(real, ColourSegmenter().fit(_to_t(np.concatenate(list(real.values()))), seed=0))
+    real = load_folder_images(real_root, n_real, 256, "train")
+    target = region_lab(real, fit_segmenter(real))
     classes = [c for c in real if c != "platelet"]
     for rnd in range(rounds):
         base_img = simulated_images("dm96-like", classes, n_sim, seed=200 + rnd)
-        seg = ColourSegmenter().fit(_to_t(np.concatenate(list(base_img.values()))), seed=0)
+        seg = fit_segmenter(base_img)
         base = region_lab(base_img, seg)
         print(f"round {rnd} CIEDE2000 to real: " + " ".join(
             f"{c}/{key[r]} {deltaE_ciede2000(target[(c, r)][None], base[(c, r)][None])[0]:.1f}"

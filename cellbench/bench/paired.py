@@ -53,7 +53,6 @@ class PairedTrack:
         self._masks: torch.Tensor | None = None
         self._proba: dict[str, np.ndarray] = {}  # the classifier's probabilities on y / y2 (this process)
         self._per_image: dict[str, dict[str, np.ndarray]] = {}  # loaded by summary_records, for the artifacts
-        self._sim_hash: str | None = None  # the simulator's source hash, once read (:meth:`_simulator_hash`)
         #: ``paired:ROOT`` streamed (run profile ``stream``): the training pairs are read on demand
         #: (:mod:`cellbench.data.stream`, no decoded copy in the stage cache or in memory); validation and
         #: test pairs are decoded and cached as always (the per-image paired evaluation holds the test split)
@@ -84,13 +83,12 @@ class PairedTrack:
             key["resim_limit_per_class"] = self.cfg.resim_limit_per_class
         return key
 
-    def _simulator_hash(self) -> str:
-        """The simulator's source hash (read once per track: every stage key asks for it)."""
-        if self._sim_hash is None:
-            from ..eval.validate import simulator_fingerprint
+    @staticmethod
+    def _simulator_hash() -> str:
+        """The simulator's source hash (read once per process by :func:`simulator_fingerprint`)."""
+        from ..eval.validate import simulator_fingerprint
 
-            self._sim_hash = simulator_fingerprint()["source_sha256"]
-        return self._sim_hash
+        return simulator_fingerprint()["source_sha256"]
 
     def classifier_key(self) -> dict[str, Any]:
         return {"data": self.data_key()}

@@ -76,14 +76,19 @@ def _to_t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0
 
 
-def region_means(
-    images: dict[str, np.ndarray], *, seed: int = 0
-) -> dict[tuple[str, int], tuple[np.ndarray, int]]:
-    """Mean CIELAB ``(3,)`` and pixel count per ``(class, region)``; segmenter fitted on all images."""
+def fit_segmenter(images: dict[str, np.ndarray], *, seed: int = 0):
+    """A :class:`cellbench.segmentation.ColourSegmenter` fitted on all of ``{class: uint8 images}``."""
     from ..segmentation import ColourSegmenter
 
-    allimg = np.concatenate(list(images.values()))
-    seg = ColourSegmenter().fit(_to_t(allimg), seed=seed)
+    return ColourSegmenter().fit(_to_t(np.concatenate(list(images.values()))), seed=seed)
+
+
+def region_means(
+    images: dict[str, np.ndarray], *, seed: int = 0, seg=None
+) -> dict[tuple[str, int], tuple[np.ndarray, int]]:
+    """Mean CIELAB ``(3,)`` and pixel count per ``(class, region)``; regions from ``seg`` (default: a
+    segmenter fitted on all the images, :func:`fit_segmenter`)."""
+    seg = fit_segmenter(images, seed=seed) if seg is None else seg
     out = {}
     for cls, imgs in images.items():
         labels = seg.predict(_to_t(imgs)).numpy()

@@ -77,6 +77,7 @@ __all__ = [
     "measure_image",
     "save_morphology",
     "load_morphology",
+    "load_folder_images",
     "count_lobes",
     "summarize",
 ]
@@ -449,13 +450,16 @@ def summarize(rows: dict[str, list[dict]]) -> dict:
     return classes
 
 
-def _load_folder_images(folder: Path, limit_per_class: int | None, size: int, split: str | None,
-                        seed: int) -> dict[str, np.ndarray]:
+def load_folder_images(folder: str | os.PathLike, limit_per_class: int | None, size: int = 256,
+                       split: str | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """``{class: uint8 (N, size, size, 3)}`` centre crops of a labelled folder (``FOLDER/<class>/<image>``):
+    the images of ``split`` (``train``/``val``/``test`` of the folder's seeded split; ``None``: all),
+    at most ``limit_per_class`` per class, evenly spaced in file order."""
     from ..data.folders import index_labelled
     from ..io import read_image
     from ..tensors import center_crop_or_pad
 
-    items, _ = index_labelled(folder, write_split=False, seed=seed)
+    items, _ = index_labelled(Path(folder), write_split=False, seed=seed)
     out = {}
     for cls in CLASSES:
         its = [it for it in items if it.cls == cls and (split is None or it.split == split)]
@@ -498,7 +502,7 @@ def measure_folder(folder: str | os.PathLike, *, limit_per_class: int | None = N
         raise DatasetError(f"{folder}: not a folder; give a labelled folder FOLDER/<class>/<image>")
     if limit_per_class is not None and int(limit_per_class) < 1:
         raise ConfigError(f"limit_per_class={limit_per_class}: must be at least 1")
-    images = _load_folder_images(folder, limit_per_class, size, split, seed)
+    images = load_folder_images(folder, limit_per_class, size, split, seed)
     rows = measure_images(images, seed=seed, progress=progress)
     from .. import __version__
 
