@@ -355,3 +355,76 @@ def test_bad_ambiguity_section_names_the_key(tmp_path, section, match):
     path.write_text(json.dumps(params))
     with pytest.raises(ConfigError, match=match):
         load_morphology(path)
+
+
+def test_cytoplasm_composition_varies_per_cell_along_the_measured_factors(tmp_path):
+    """``cyt_factor_sd`` (amount, eosinophilia): on one slide, the eosin / methylene-blue ratio of a
+    lymphocyte's cytoplasm is the same in every cell without it and spreads by about twice the
+    eosinophilia sigma with it (its direction moves eosin +1 and the blue dyes -1 in log amount);
+    a class without the key draws exactly the scenes it drew before (its random stream is not
+    consumed); a bad value names the key."""
+    from cellbench.data.masks import CYTOPLASM
+    from cellbench.sim.morphology import CYT_FACTOR_NAMES
+    from cellbench.sim.scene import CYT_FACTORS
+    from cellbench.sim.spectra import EOSIN, METHYLENE_BLUE
+
+    assert CYT_FACTORS.shape == (len(CYT_FACTOR_NAMES), 5)
+    base = load_morphology()
+    off, on = json.loads(json.dumps(base)), json.loads(json.dumps(base))
+    off["derived"]["classes"]["lymphocyte"].pop("cyt_factor_sd", None)
+    on["derived"]["classes"]["lymphocyte"]["cyt_factor_sd"] = [0.0, 0.3]
+    on["derived"]["how"]["cyt_factor_sd"] = "unit test: an eosinophilia spread only"
+    slide = Slide.draw(np.random.default_rng(0))
+
+    def log_ratios(m):
+        out = []
+        for i in range(12):
+            s = make_scene("lymphocyte", np.random.default_rng(i), 256, slide=slide, morphology=m)
+            layer0 = s.layers[0]
+            sel = s.mask == CYTOPLASM
+            out.append(math.log(layer0[EOSIN][sel].sum() / layer0[METHYLENE_BLUE][sel].sum()))
+        return np.array(out)
+
+    assert log_ratios(off).std() < 0.02
+    assert 0.35 < log_ratios(on).std() < 0.9  # 2 x 0.3, diluted by the plasma under the thin rim
+    a = make_scene("basophil", np.random.default_rng(5), 128, morphology=off)
+    b = make_scene("basophil", np.random.default_rng(5), 128, morphology=on)
+    assert np.array_equal(a.mask, b.mask) and np.array_equal(a.layers, b.layers)
+
+    on["derived"]["classes"]["lymphocyte"]["cyt_factor_sd"] = [0.1]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(on))
+    with pytest.raises(ConfigError, match="cyt_factor_sd' must be 2 sigmas"):
+        load_morphology(bad)
+
+
+def test_a_class_cytoplasm_texture_overrides_the_global_one():
+    """``derived.classes.<class>.cyt_tex_coarse`` replaces the global coarse (3.5 px) cytoplasm texture
+    amplitude for that class only. Against the same scene (same geometry) drawn with amplitude 0, the
+    relative change of the cytoplasm's stain amount scales with the amplitude: 0.1 gives a quarter of
+    the change 0.4 gives."""
+    from cellbench.data.masks import CYTOPLASM
+    from cellbench.sim.spectra import EOSIN
+
+    base = load_morphology()
+
+    def with_coarse(cls_value, global_value=0.4):
+        m = json.loads(json.dumps(base))
+        m["derived"]["global"]["cyt_tex_coarse"] = global_value
+        m["derived"]["classes"]["neutrophil"]["cyt_tex_coarse"] = cls_value
+        s = make_scene("neutrophil", np.random.default_rng(2), 256, morphology=m)
+        return s.mask, s.layers[0][EOSIN]
+
+    mask, flat = with_coarse(0.0)
+    inner = mask == CYTOPLASM
+    changes = []
+    for cls_value, global_value in ((0.1, 0.4), (0.4, 0.1)):  # the class's value wins either way
+        m, layer = with_coarse(cls_value, global_value)
+        assert np.array_equal(m, mask)
+        changes.append((layer[inner] / flat[inner] - 1).std())
+    assert 0.2 < changes[0] / changes[1] < 0.3
+    e1 = make_scene("eosinophil", np.random.default_rng(3), 128, morphology=base)
+    m = json.loads(json.dumps(base))
+    m["derived"]["classes"]["neutrophil"]["cyt_tex_coarse"] = 0.0
+    e2 = make_scene("eosinophil", np.random.default_rng(3), 128, morphology=m)
+    assert np.array_equal(e1.layers, e2.layers)  # other classes keep the global value

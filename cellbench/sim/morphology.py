@@ -68,6 +68,7 @@ from ..errors import ConfigError, DatasetError
 
 __all__ = [
     "DEFAULT_MORPHOLOGY",
+    "CYT_FACTOR_NAMES",
     "DERIVED_CLASS",
     "DERIVED_GLOBAL",
     "MORPHOLOGY_VERSION",
@@ -94,7 +95,9 @@ DEFAULT_MORPHOLOGY = Path(__file__).resolve().parent / "params" / "morphology-pb
 DERIVED_GLOBAL = ("nuc_area_gain", "chrom_gain", "solid_solidity", "cyt_tex_coarse", "cyt_tex_fine",
                   "cyt_cv_gain", "cyt_cv_max", "pallor_gain", "rbc_min_separation", "vacuole_baseline",
                   "plt_r_gain")
-DERIVED_CLASS = ("nuc_of_dense", "area_gain", "chrom_gain", "gran_r", "gran_cover")
+DERIVED_CLASS = ("nuc_of_dense", "area_gain", "chrom_gain", "gran_r", "gran_cover", "cyt_factor_sd", "cyt_tex_coarse")
+#: The directions of ``cyt_factor_sd`` (one sigma each; :data:`cellbench.sim.scene.CYT_FACTORS`).
+CYT_FACTOR_NAMES = ("amount", "eosinophilia")
 
 #: Scalar features of a white-cell class, and of every image (field).
 WBC_FEATURES = (
@@ -663,6 +666,9 @@ def _check_derived(d, bad) -> None:
                           f"(known: {', '.join(DERIVED_CLASS)})")
             if not isinstance(how.get(k), str):
                 raise bad(f"'derived.how.{k}' missing (where the value comes from)")
+            if k == "cyt_factor_sd" and (not isinstance(v, list) or len(v) != len(CYT_FACTOR_NAMES) or min(v) < 0):
+                raise bad(f"'derived.classes.{cls}.cyt_factor_sd' must be {len(CYT_FACTOR_NAMES)} sigmas >= 0 "
+                          f"({', '.join(CYT_FACTOR_NAMES)}), got {v!r}")
 
 
 def load_morphology(path: str | os.PathLike | None = None) -> dict:

@@ -46,6 +46,13 @@ GRANULE_DEPTH_UM = 0.35
 LAYER_DEPTHS_UM = (0.0, NUCLEUS_DEPTH_UM, GRANULE_DEPTH_UM)
 #: Log-normal sigma of the per-slide amount of each absorber (staining variability between slides).
 STAIN_VARIATION = 0.08
+#: Directions of the per-cell variation of cytoplasm composition, in log absorber amounts (order
+#: eosin, methylene blue, azure B, azure B-eosin, haemoglobin): the amount of cytoplasm (all absorbers)
+#: and its eosinophilia (eosin and the complex up, the blue dyes down: pink versus blue cytoplasm, the
+#: RNA content of a maturing cell). A class's ``cyt_factor_sd`` (the morphology file's ``derived``
+#: section) holds one sigma per direction.
+CYT_FACTORS = np.array([[1.0, 1.0, 1.0, 1.0, 1.0],
+                        [1.0, -1.0, -1.0, 0.5, 0.0]])
 
 
 def _c(eo=0.0, mb=0.0, azb=0.0, aze=0.0, hb=0.0) -> np.ndarray:
@@ -648,8 +655,15 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     cyt_s = m.get("cyt_od")
     cyt_sigma = g["cyt_cv_gain"] * min(g["cyt_cv_max"], cyt_s["sd"] / max(cyt_s["mean"], 1e-3)) if cyt_s else 0.0
     cyt_scale = float(np.exp(rng.normal(0, cyt_sigma))) if cyt_s else 1.0
+    # per-cell cytoplasm composition (:data:`CYT_FACTORS`, sigmas ``cyt_factor_sd``): the class's
+    # between-cell spread of cytoplasm colour beyond what the slide and the rendering give; drawn only
+    # for classes that have it, so the other classes' scenes do not change
+    cyt_stain = p["cyt"]
+    if "cyt_factor_sd" in c:
+        u = rng.normal(0.0, 1.0, len(CYT_FACTORS)) * np.asarray(c["cyt_factor_sd"], np.float64)
+        cyt_stain = (cyt_stain * np.exp(u @ CYT_FACTORS)).astype(np.float32)
     cyt_amount = dome * (1 - 0.75 * nucl) * np.clip(
-        1 + g["cyt_tex_coarse"] * coarse + g["cyt_tex_fine"] * fine, 0.2, 2.0) * cyt_scale
+        1 + c.get("cyt_tex_coarse", g["cyt_tex_coarse"]) * coarse + g["cyt_tex_fine"] * fine, 0.2, 2.0) * cyt_scale
     n_vac = rng.poisson(max(0.0, _mean(m.get("vacuoles"), 0.0) - g["vacuole_baseline"]))
     for _ in range(n_vac):
         ang, dist = rng.uniform(0, 2 * math.pi), rc * rng.uniform(0.5, 0.85)
@@ -659,7 +673,7 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     # red cells under the white cell are hidden (it lies on top and displaces them)
     layer0 *= (1 - cell_a)[None]
     layer0 += cell_a[None] * STAINS["plasma"][:, None, None]
-    layer0 += cyt_amount[None] * p["cyt"][:, None, None]
+    layer0 += cyt_amount[None] * cyt_stain[:, None, None]
     cg, cg0 = c.get("chrom_gain", (1.0, 1.0)), g["chrom_gain"]
     fine_c = cg0[0] * cg[0] * _quantile_sample(m.get("chrom_fine"), rng, 0.15, 0.02, 0.5)
     clump = cg0[1] * cg[1] * _quantile_sample(m.get("chrom_coarse"), rng, 0.14, 0.02, 0.5)
