@@ -25,6 +25,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("validate_json", type=Path, help="output of `cellbench simulate validate --json`")
     ap.add_argument("morphology", type=Path, help="morphology file to update (written in place)")
+    ap.add_argument("--label-width", type=float, default=None,
+                    help="label borderline cells as an expert would, by the nearer class with a soft border of "
+                         "this width in t (default: they keep their own class)")
     args = ap.parse_args()
     result = json.loads(args.validate_json.read_text(encoding="utf-8"))
     rr, st = result["real_to_real"], result.get("settings", {})
@@ -32,7 +35,8 @@ def main() -> None:
               f"{st.get('preset')}, {st.get('input_size')} px, seed {st.get('seed')}, {rr['n']} real test images, "
               f"accuracy {rr['accuracy']:.4f}), via benchmarks/sim_ambiguity.py")
     params = load_morphology(args.morphology)
-    params["ambiguity"] = ambiguity_from_confusion(rr["confusion"], list(rr["classes"]), source=source)
+    params["ambiguity"] = ambiguity_from_confusion(rr["confusion"], list(rr["classes"]), source=source,
+                                                   label_width=args.label_width)
     save_morphology(params, args.morphology)
     print(json.dumps(params["ambiguity"], indent=1))
 

@@ -321,7 +321,8 @@ def test_borderline_cells_lie_between_their_class_and_the_confuser():
     a_nc, b_nc = (base["classes"][k]["nc_ratio"]["q50"] for k in ("ig", "lymphocyte"))
     ts = []
     for i in range(8):
-        m, p, c, look = _borderline(border, "ig", np.random.default_rng(i))
+        m, p, c, look, label = _borderline(border, "ig", np.random.default_rng(i))
+        assert label == "ig"  # no label_width: borderline cells keep their class
         t = (m["nc_ratio"]["q50"] - a_nc) / (b_nc - a_nc)
         assert 0.0 <= t <= 1.0
         np.testing.assert_allclose(p["nuc"], (1 - t) * _CLASS["ig"]["nuc"] + t * _CLASS["lymphocyte"]["nuc"], rtol=1e-5)
@@ -428,3 +429,56 @@ def test_a_class_cytoplasm_texture_overrides_the_global_one():
     m["derived"]["classes"]["neutrophil"]["cyt_tex_coarse"] = 0.0
     e2 = make_scene("eosinophil", np.random.default_rng(3), 128, morphology=m)
     assert np.array_equal(e1.layers, e2.layers)  # other classes keep the global value
+
+
+def test_soft_labelled_borderline_cells_take_the_nearer_class_near_their_border(tmp_path):
+    """``ambiguity.label_width``: a borderline cell is labelled by the nearer class with a soft border
+    (the confuser with probability 1 / (1 + exp(-(t - 1/2) / w))); w = 0 is the nearer class exactly.
+    The rate that matches a real error share divides it by the border's error share, which is
+    2 w ln(2 / (1 + exp(-1 / 2w))) (checked by quadrature); the label reaches the simulated pair."""
+    from cellbench.sim.morphology import ambiguity_from_confusion, soft_label_error
+    from cellbench.sim.pairs import simulate_pair
+    from cellbench.sim.scene import _borderline
+
+    t = (np.arange(200000) + 0.5) / 200000
+    p = 1 / (1 + np.exp(-(t - 0.5) / 0.1))
+    assert soft_label_error(0.1) == pytest.approx(np.minimum(p, 1 - p).mean(), rel=1e-4)
+    assert soft_label_error(0.0) == 0.0
+    classes = ["ig", "neutrophil"]
+    amb = ambiguity_from_confusion([[48, 2], [0, 50]], classes, label_width=0.1)
+    assert amb["rates"] == {"ig": round(0.04 / soft_label_error(0.1), 4)} and amb["label_width"] == 0.1
+
+    base = load_morphology()
+    hard = json.loads(json.dumps(base))
+    hard["ambiguity"] = {"rates": {"ig": 1.0}, "confusers": {"ig": {"lymphocyte": 1.0}}, "how": "test",
+                         "label_width": 0.0}
+    a_nc, b_nc = (base["classes"][k]["nc_ratio"]["q50"] for k in ("ig", "lymphocyte"))
+    for i in range(12):
+        m, _, _, look, label = _borderline(hard, "ig", np.random.default_rng(i))
+        t = (m["nc_ratio"]["q50"] - a_nc) / (b_nc - a_nc)
+        assert label == look == ("ig" if t < 0.5 else "lymphocyte")
+    soft = json.loads(json.dumps(hard))
+    soft["ambiguity"]["label_width"] = 0.1
+    flips = []
+    for i in range(300):
+        m, _, _, look, label = _borderline(soft, "ig", np.random.default_rng(i))
+        flips.append(label != look)
+    assert 0.07 < np.mean(flips) < 0.21  # soft_label_error(0.1) = 0.137 of them against the nearer class
+    soft["ambiguity"]["label_width"] = 2.0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(soft))
+    with pytest.raises(ConfigError, match="label_width"):
+        load_morphology(bad)
+    from cellbench.sim import scene as scene_module
+
+    cached = scene_module._default_morphology()
+    saved = cached.get("ambiguity")
+    cached["ambiguity"] = hard["ambiguity"]
+    try:
+        labels = [simulate_pair(3 + 8 * k, size=64, seed=0).label for k in range(6)]  # index 3: ig
+    finally:
+        if saved is None:
+            cached.pop("ambiguity")
+        else:
+            cached["ambiguity"] = saved
+    assert set(labels) <= {"ig", "lymphocyte"} and "lymphocyte" in labels

@@ -69,6 +69,7 @@ from ..errors import ConfigError, DatasetError
 __all__ = [
     "DEFAULT_MORPHOLOGY",
     "CYT_FACTOR_NAMES",
+    "soft_label_error",
     "DERIVED_CLASS",
     "DERIVED_GLOBAL",
     "MORPHOLOGY_VERSION",
@@ -587,7 +588,17 @@ def _check(params: dict, source: str) -> dict:
     return params
 
 
-def ambiguity_from_confusion(confusion, classes: list[str], *, source: str = "") -> dict:
+def soft_label_error(width: float) -> float:
+    """The share of borderline cells whose label disagrees with the nearer class, for a uniform ``t`` and
+    a labelling border ``1 / (1 + exp(-(t - 1/2) / width))``: ``2 w ln(2 / (1 + exp(-1 / (2 w))))``
+    (``E[min(p, 1 - p)]``; 0 for a hard border)."""
+    if width <= 0:
+        return 0.0
+    return 2.0 * width * math.log(2.0 / (1.0 + math.exp(-0.5 / width)))
+
+
+def ambiguity_from_confusion(confusion, classes: list[str], *, source: str = "",
+                             label_width: float | None = None) -> dict:
     """The ``ambiguity`` section from a real classifier's confusion on real test images.
 
     Real classes have borders that blur (band vs segmented neutrophil, ig vs monocyte, large
@@ -598,6 +609,11 @@ def ambiguity_from_confusion(confusion, classes: list[str], *, source: str = "")
     such a cell ``b`` about when ``t > 1/2``, i.e. half the time, so ``rates[a]`` is twice the
     off-diagonal share of row ``a`` and the simulated error rate matches the real one (attributing
     every real error to ambiguity: the real classifier's own error is part of it).
+
+    With ``label_width`` w the borderline cells are labelled as an expert would (the nearer class, with a
+    soft border, :func:`cellbench.sim.scene._borderline`): a classifier that reads ``t`` then errs only on
+    the share :func:`soft_label_error` of them whose label went the other way, so the rate is the
+    off-diagonal share divided by that (capped at 1).
 
     ``confusion[i][j]``: real test cells of class ``classes[i]`` predicted ``classes[j]``.
     """
@@ -610,12 +626,21 @@ def ambiguity_from_confusion(confusion, classes: list[str], *, source: str = "")
         off = {b: float(cm[i, j]) for j, b in enumerate(classes) if j != i and cm[i, j] > 0 and b != "platelet"}
         if a == "platelet" or n <= 0 or not off:
             continue
-        rates[a] = round(min(1.0, 2.0 * sum(off.values()) / n), 4)
+        per_cell = 0.5 if label_width is None else soft_label_error(label_width)
+        if per_cell <= 0:
+            raise ValueError("label_width 0 (a hard border) leaves no labelling errors to match; use a width > 0")
+        rates[a] = round(min(1.0, sum(off.values()) / n / per_cell), 4)
         total = sum(off.values())
         confusers[a] = {b: round(v / total, 4) for b, v in off.items()}
-    return {"rates": rates, "confusers": confusers, "how": (
-        "twice the off-diagonal share of each class's row of a real classifier's confusion on real test "
-        "images (cellbench.sim.morphology.ambiguity_from_confusion)" + (f"; {source}" if source else ""))}
+    how = ("twice the off-diagonal share of each class's row of a real classifier's confusion on real test "
+           "images (cellbench.sim.morphology.ambiguity_from_confusion)" if label_width is None else
+           f"the off-diagonal share of each class's row of a real classifier's confusion on real test images "
+           f"divided by the soft labelling border's error share {soft_label_error(label_width):.4f} (label_width "
+           f"{label_width}; cellbench.sim.morphology.ambiguity_from_confusion)")
+    out = {"rates": rates, "confusers": confusers, "how": how + (f"; {source}" if source else "")}
+    if label_width is not None:
+        out["label_width"] = float(label_width)
+    return out
 
 
 def _check_ambiguity(a, bad) -> None:
@@ -625,6 +650,9 @@ def _check_ambiguity(a, bad) -> None:
         raise bad("'ambiguity' needs objects 'rates' and 'confusers'")
     if not isinstance(a.get("how"), str):
         raise bad("'ambiguity.how' missing (where the rates come from)")
+    w = a.get("label_width")
+    if w is not None and (not isinstance(w, int | float) or isinstance(w, bool) or not 0 <= w <= 1):
+        raise bad(f"'ambiguity.label_width' must be a number in [0, 1] (the soft labelling border), got {w!r}")
     wbc = [c for c in CLASSES if c != "platelet"]
     for cls, r in a["rates"].items():
         if cls not in wbc or not isinstance(r, int | float) or isinstance(r, bool) or not 0 <= r <= 1:

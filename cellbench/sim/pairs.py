@@ -119,7 +119,9 @@ def simulate_pair(
             rng=r_y2,
             warp=Warp.random(r_wy2, max_shift_px, max_rotation_deg),
         )
-    return SimulatedPair(x=x, y=y, mask=scene.mask, label=cls, id=item_id(seed, index), y2=y2)
+    # the scene's label: its class, or for a borderline cell with a soft labelling border the class an
+    # expert would have named (the morphology file's ``ambiguity.label_width``)
+    return SimulatedPair(x=x, y=y, mask=scene.mask, label=scene.cls, id=item_id(seed, index), y2=y2)
 
 
 def _to_chw(images: list[np.ndarray]) -> torch.Tensor:

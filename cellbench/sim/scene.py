@@ -309,12 +309,14 @@ def _lerp(a, b, t: float):
     return a
 
 
-def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, dict, dict, str] | None:
+def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, dict, dict, str, str] | None:
     """A borderline cell of class ``cls`` (the morphology file's ``ambiguity`` section; see
     :func:`cellbench.sim.morphology.ambiguity_from_confusion`): with probability ``rates[cls]``, the
     measured shape statistics, the stains and the rendering corrections at a uniform fraction ``t``
-    of the way from ``cls`` to a confuser drawn by ``confusers[cls]``. Returns ``(m, p, c, look)``
-    (``look``: the nearer class, for the granule mask), or ``None`` for an ordinary cell. Draws from
+    of the way from ``cls`` to a confuser drawn by ``confusers[cls]``. Returns ``(m, p, c, look, label)``
+    (``look``: the nearer class, for the granule mask; ``label``: ``cls``, or with the section's
+    ``label_width`` w the confuser with probability ``1 / (1 + exp(-(t - 1/2) / w))``, an expert labelling by
+    the nearer class with a soft border; w = 0: the nearer class), or ``None`` for an ordinary cell. Draws from
     ``rng`` only for classes with a positive rate (the other classes' scenes do not change)."""
     amb = morph.get("ambiguity")
     rate = float(amb["rates"].get(cls, 0.0)) if amb else 0.0
@@ -349,7 +351,12 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
         p["gran"], c["gran_r"], c["gran_cover"] = own, cc["gran_r"], cc["gran_cover"] * share
     else:
         p["gran"] = None
-    return m, p, c, (cls if t < 0.5 else b)
+    label = cls
+    w = amb.get("label_width")
+    if w is not None:
+        z = (t - 0.5) / float(w) if w > 0 else math.copysign(math.inf, t - 0.5)
+        label = b if rng.uniform() < 1.0 / (1.0 + math.exp(-min(max(z, -700.0), 700.0))) else cls
+    return m, p, c, (cls if t < 0.5 else b), label
 
 
 def _mean(stats: dict | None, default: float) -> float:
@@ -591,12 +598,12 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     morph = morphology if morphology is not None else _default_morphology()
     m = morph["classes"].get(cls, {})
     g, c = _corrections(morph, cls)
-    p, look = _CLASS.get(cls), cls
+    p, look, label = _CLASS.get(cls), cls, cls
     if p is None and cls != "platelet":
         raise ValueError(f"make_scene: unknown class {cls!r} (known: {', '.join([*_CLASS, 'platelet'])})")
     border = _borderline(morph, cls, rng) if cls in _CLASS else None
     if border is not None:
-        m, p, c, look = border
+        m, p, c, look, label = border
     if slide is None:
         slide = Slide.draw(rng)
     stain = slide.stain
@@ -690,5 +697,5 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
             mask[(gmap > 0.5) & (cell_a > 0.5)] = M.GRANULES
         else:  # fine neutrophil/monocyte granules: label only the densest spots
             mask[(gmap > 0.8) & (cell_a > 0.5) & (nucl < 0.5)] = M.GRANULES
-    return Scene([layer0 * stain[:, None, None], part1, part2], depths, mask, cls)
+    return Scene([layer0 * stain[:, None, None], part1, part2], depths, mask, label)
 
