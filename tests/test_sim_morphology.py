@@ -329,6 +329,10 @@ def test_borderline_cells_lie_between_their_class_and_the_confuser():
         assert look == ("ig" if t < 0.5 else "lymphocyte")
         ig_cover = packaged_derived()["classes"]["ig"]["gran_cover"]
         assert c["gran_cover"] == pytest.approx(ig_cover * (1 - t))
+        # lymphocytes have their own (smooth) cytoplasm texture, ig the global one: interpolated
+        g_tex = base["derived"]["global"]["cyt_tex_coarse"]
+        l_tex = base["derived"]["classes"]["lymphocyte"]["cyt_tex_coarse"]
+        assert c["cyt_tex_coarse"] == pytest.approx((1 - t) * g_tex + t * l_tex)
         ts.append(t)
     assert min(ts) < 0.4 and max(ts) > 0.6  # t is drawn, not fixed
 

@@ -336,9 +336,12 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
     pa, pb = _CLASS[cls], _CLASS[b]
     p = _lerp({k: v for k, v in pa.items() if k != "gran"}, {k: v for k, v in pb.items() if k != "gran"}, t)
     p["gran_over_nucleus"] = (pa if t < 0.5 else pb).get("gran_over_nucleus", False)
-    _, ca = _corrections(morph, cls)
+    g, ca = _corrections(morph, cls)
     _, cb = _corrections(morph, b)
-    neutral = {"area_gain": 1.0, "nuc_of_dense": 1.0, "chrom_gain": [1.0, 1.0]}
+    # what a class without its own value draws, so that every correction is interpolated
+    neutral = {"area_gain": 1.0, "nuc_of_dense": 1.0, "chrom_gain": [1.0, 1.0], "cyt_tex_coarse": g["cyt_tex_coarse"]}
+    if "cyt_factor_sd" in ca or "cyt_factor_sd" in cb:
+        neutral["cyt_factor_sd"] = [0.0] * len(CYT_FACTORS)
     c = _lerp({**neutral, **{k: v for k, v in ca.items() if not k.startswith("gran")}},
               {**neutral, **{k: v for k, v in cb.items() if not k.startswith("gran")}}, t)
     ga, gb = pa.get("gran"), pb.get("gran")
