@@ -26,17 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.optimize import nnls
 from skimage.color import rgb2lab
 
 from cellbench.data.classes import CLASSES
 from cellbench.data.masks import CYTOPLASM
-from cellbench.sim import scene, simulate_pairs
-from cellbench.sim.calibrate import fit_segmenter
+from cellbench.sim import scene
+from cellbench.sim.calibrate import _to_t, fit_segmenter
 from cellbench.sim.morphology import CYT_FACTOR_NAMES, load_folder_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_realism import simulated_y  # noqa: E402 - the sibling benchmark's renderer
 
 WBC = [c for c in CLASSES if c != "platelet"]
 NOT_FITTED = ("basophil", "eosinophil")
@@ -45,14 +48,11 @@ MIN_PIXELS = 200
 
 
 def _render(n: int) -> dict[str, np.ndarray]:
-    d = simulate_pairs(n * len(CLASSES), size=256, seed=0)
-    y = (d.y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    labels = np.array(d.labels)
-    return {c: y[labels == c] for c in WBC}
+    return {c: v for c, v in simulated_y(n, seed=0).items() if c in WBC}
 
 
 def _labels(seg, imgs: np.ndarray) -> np.ndarray:
-    return seg.predict(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0).numpy()
+    return seg.predict(_to_t(imgs)).numpy()
 
 
 def _cyt_means(imgs: np.ndarray, labels: np.ndarray) -> np.ndarray:

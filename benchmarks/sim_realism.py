@@ -30,12 +30,18 @@ from cellbench.sim import simulate_pairs
 from cellbench.sim.morphology import load_morphology, measure_images, summarize
 
 
-def compare(n: int, *, seed: int = 0, morphology: str | None = None, start: int = 0) -> dict:
-    real = load_morphology(morphology)["classes"]
+def simulated_y(n: int, *, seed: int = 0, start: int = 0) -> dict[str, np.ndarray]:
+    """``{class: uint8 (n, 256, 256, 3)}``: the dm96-like (Y) images of ``n`` simulated pairs per class
+    (items ``start ..`` of :func:`cellbench.sim.simulate_pairs`, which cycles through the classes)."""
     data = simulate_pairs(n * len(CLASSES), size=256, seed=seed, start=start)
     y = (data.y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     labels = np.array(data.labels)
-    sim = summarize(measure_images({c: y[labels == c] for c in CLASSES}))
+    return {c: y[labels == c] for c in CLASSES}
+
+
+def compare(n: int, *, seed: int = 0, morphology: str | None = None, start: int = 0) -> dict:
+    real = load_morphology(morphology)["classes"]
+    sim = summarize(measure_images(simulated_y(n, seed=seed, start=start)))
     out = {}
     for cls in CLASSES:
         rows = {}
@@ -70,10 +76,8 @@ def radial(real_dir: str, n: int, *, seed: int = 0) -> dict[str, tuple[np.ndarra
     from cellbench.sim.morphology import load_folder_images
 
     real = load_folder_images(real_dir, n, 256, "train")
-    data = simulate_pairs(n * len(CLASSES), size=256, seed=seed)
-    y = (data.y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    labels = np.array(data.labels)
-    return {c: (radial_profile(real[c]), radial_profile(y[labels == c])) for c in CLASSES if c in real}
+    sim = simulated_y(n, seed=seed)
+    return {c: (radial_profile(real[c]), radial_profile(sim[c])) for c in CLASSES if c in real}
 
 
 def main(argv=None) -> int:

@@ -620,15 +620,15 @@ def ambiguity_from_confusion(confusion, classes: list[str], *, source: str = "",
     cm = np.asarray(confusion, dtype=float)
     if cm.shape != (len(classes), len(classes)):
         raise ValueError(f"confusion of shape {cm.shape} for {len(classes)} classes")
+    per_cell = 0.5 if label_width is None else soft_label_error(label_width)  # error share of a borderline cell
+    if per_cell <= 0:
+        raise ValueError("label_width 0 (a hard border) leaves no labelling errors to match; use a width > 0")
     rates, confusers = {}, {}
     for i, a in enumerate(classes):
         n = cm[i].sum()
         off = {b: float(cm[i, j]) for j, b in enumerate(classes) if j != i and cm[i, j] > 0 and b != "platelet"}
         if a == "platelet" or n <= 0 or not off:
             continue
-        per_cell = 0.5 if label_width is None else soft_label_error(label_width)
-        if per_cell <= 0:
-            raise ValueError("label_width 0 (a hard border) leaves no labelling errors to match; use a width > 0")
         rates[a] = round(min(1.0, sum(off.values()) / n / per_cell), 4)
         total = sum(off.values())
         confusers[a] = {b: round(v / total, 4) for b, v in off.items()}

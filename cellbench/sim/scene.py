@@ -356,9 +356,9 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
         p["gran"] = None
     label = cls
     w = amb.get("label_width")
-    if w is not None:
-        z = (t - 0.5) / float(w) if w > 0 else math.copysign(math.inf, t - 0.5)
-        label = b if rng.uniform() < 1.0 / (1.0 + math.exp(-min(max(z, -700.0), 700.0))) else cls
+    if w is not None:  # the logistic 1 / (1 + exp(-z)) as (1 + tanh(z / 2)) / 2: no overflow for small w
+        p_b = 0.5 * (1.0 + math.tanh((t - 0.5) / (2.0 * w))) if w > 0 else float(t >= 0.5)
+        label = b if rng.uniform() < p_b else cls
     return m, p, c, (cls if t < 0.5 else b), label
 
 
