@@ -4,7 +4,9 @@ Renders ``--n`` dm96-like images per class (``simulate_pairs``, seed ``--seed``)
 :func:`cellbench.sim.morphology.measure_images` (the code that measured the real PBC images for the
 packaged parameters) and prints, per class and feature, the real mean (from the morphology file),
 the simulated mean and their difference in units of the real between-image standard deviation
-(``z``). The last line is the median ``|z|`` over all class-feature pairs.
+(``z``), and per class the mean absolute difference between the real and the simulated copula
+correlations (the joint structure, :func:`cellbench.sim.morphology.copula`). The last lines are the
+median ``|z|`` over all class-feature pairs and the mean copula difference over the classes.
 
 ``--radial DIR`` adds a check that needs no segmentation: per class, the median over images of the
 mean CIELAB colour in rings around the image centre (8 px wide; PBC cells are centred), for the real
@@ -51,6 +53,9 @@ def compare(n: int, *, seed: int = 0, morphology: str | None = None, start: int 
                 z = (s["mean"] - r["mean"]) / max(r["sd"], 1e-9)
                 rows[feat] = {"real": r["mean"], "sim": s["mean"], "z": z}
         rows["lobe_hist"] = {"real": real.get(cls, {}).get("lobe_hist"), "sim": sim.get(cls, {}).get("lobe_hist")}
+        rc, sc = real.get(cls, {}).get("copula"), sim.get(cls, {}).get("copula")
+        if rc and sc and rc["features"] == sc["features"]:
+            rows["copula"] = {"features": rc["features"], "real": rc["corr"], "sim": sc["corr"]}
         out[cls] = rows
     return out
 
@@ -98,12 +103,19 @@ def main(argv=None) -> int:
                 print(f"  {name:4s} " + " ".join(f"{p[0]:3.0f},{p[1]:3.0f},{p[2]:4.0f}" for p in prof))
             print(f"  max |dL*| {np.abs(r[:, 0] - s[:, 0]).max():.1f}")
     res = compare(args.n, seed=args.seed, morphology=args.morphology)
-    zs = []
+    zs, cop_err = [], []
     for cls, rows in res.items():
         print(f"## {cls}")
         for feat, r in rows.items():
             if feat == "lobe_hist":
                 print(f"  lobes real {r['real']} sim {r['sim']}")
+                continue
+            if feat == "copula":  # the joint structure: off-diagonal normal-score correlations
+                rr, ss = np.array(r["real"]), np.array(r["sim"])
+                off = ~np.eye(len(rr), dtype=bool)
+                cop_err.append(np.abs(rr - ss)[off].mean())
+                print(f"  copula: mean |r_real - r_sim| {cop_err[-1]:.2f} over {int(off.sum()) // 2} pairs "
+                      f"(mean |r_real| {np.abs(rr[off]).mean():.2f})")
                 continue
             zs.append(abs(r["z"]))
             print(f"  {feat:18s} real {r['real']:10.3f} sim {r['sim']:10.3f} z {r['z']:+6.2f}")
@@ -112,6 +124,9 @@ def main(argv=None) -> int:
             json.dump(res, fh, indent=1)
     print(f"simulated vs real morphology ({args.n} images per class): median |z| {np.median(zs):.2f} "
           f"over {len(zs)} class-feature pairs; |z| > 1 in {int((np.array(zs) > 1).sum())}")
+    if cop_err:
+        print(f"joint structure: mean |r_real - r_sim| of the copula correlations {np.mean(cop_err):.2f} "
+              f"over {len(cop_err)} classes")
     return 0
 
 

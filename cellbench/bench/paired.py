@@ -107,8 +107,12 @@ class PairedTrack:
             if not self.cache.ready(st):
                 log.info("stage data: preparing %s", self.spec.kind)
                 self.cache.begin(st)
-                for s in SPLITS:
-                    save_paired(st, s, self._make_split(s))
+                if self.spec.kind == "synthetic":  # every split in one pool of simulation workers
+                    for s, data in self._synthetic_splits().items():
+                        save_paired(st, s, data)
+                else:
+                    for s in SPLITS:
+                        save_paired(st, s, self._make_split(s))
                 self.cache.finish(st)
             self._sets.update({s: load_paired(st, s, keep_uint8=(s != "train")) for s in SPLITS})
         return self._sets[name]
@@ -139,16 +143,19 @@ class PairedTrack:
         self._sets.update({s: load_paired(st, s, keep_uint8=True) for s in SPLITS[1:]})
         return self._sets[name]
 
+    def _synthetic_splits(self) -> dict[str, PairedSet]:
+        """Every split of the embedded simulator's data (8-bit; the test split with its second Y rendering)."""
+        from ..sim import synthetic_splits
+
+        opts = {"n": str(self.cfg.synthetic_n)}
+        if self.cfg.synthetic_test_n:
+            opts["test_n"] = str(self.cfg.synthetic_test_n)
+        spec = DataSpec("synthetic", None, {**opts, **self.spec.options})
+        return synthetic_splits(spec, SPLITS, size=self.cfg.size, second_y=("test",))
+
     def _make_split(self, split: str) -> PairedSet:
         from ..data.folders import PairedFolder
-        from ..sim import synthetic_split
 
-        if self.spec.kind == "synthetic":
-            opts = {"n": str(self.cfg.synthetic_n)}
-            if self.cfg.synthetic_test_n:
-                opts["test_n"] = str(self.cfg.synthetic_test_n)
-            spec = DataSpec("synthetic", None, {**opts, **self.spec.options})
-            return synthetic_split(spec, split, size=self.cfg.size, second_y=(split == "test"))
         root = self.spec.path if self.spec.kind == "paired" else self._resim_root()
         # uint8, as the data stage stores it: a 2,000-pair split is 0.8 GB instead of 3.1 GB as float32
         return PairedFolder(root, seed=self.seed).load(split, size=self.cfg.size, uint8=True)

@@ -11,7 +11,7 @@
 
 from .pairs import SimulatedPairs, simulate_pair, simulate_pairs, write_paired_dataset
 from .scene import Scene, make_scene
-from .synthetic import SYNTHETIC_DEFAULTS, load_training_data, synthetic_split
+from .synthetic import SYNTHETIC_DEFAULTS, load_training_data, synthetic_split, synthetic_splits
 from .system import System, builtin_systems, load_system, render
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "SYNTHETIC_DEFAULTS",
     "load_training_data",
     "synthetic_split",
+    "synthetic_splits",
     "Scene",
     "make_scene",
     "System",

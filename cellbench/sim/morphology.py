@@ -69,6 +69,8 @@ from ..errors import ConfigError, DatasetError
 __all__ = [
     "DEFAULT_MORPHOLOGY",
     "CYT_FACTOR_NAMES",
+    "COPULA_FEATURES",
+    "copula",
     "soft_label_error",
     "DERIVED_CLASS",
     "DERIVED_GLOBAL",
@@ -109,6 +111,11 @@ WBC_FEATURES = (
 FIELD_FEATURES = ("rbc_diameter", "rbc_cover", "rbc_pallor", "rbc_od", "platelets", "platelet_area")
 PLATELET_FEATURES = ("plt_area", "plt_pieces", "plt_od")
 _QUANTILES = (5, 25, 50, 75, 95)
+#: The white-cell features the scene generator draws jointly through the class's measured Gaussian copula
+#: (:func:`copula`; ``classes.<class>.copula`` of the file): a real large lymphocyte is large *and* has a
+#: low nucleus/cell ratio and paler chromatin, which independent draws of the marginals lose.
+COPULA_FEATURES = ("cell_area", "nc_ratio", "nuc_offset", "nuc_eccentricity", "nuc_solidity", "nuc_width",
+                   "chrom_fine", "chrom_coarse", "cyt_od")
 
 
 def _disk(r: int) -> np.ndarray:
@@ -427,6 +434,44 @@ def _stats(values: list[float]) -> dict | None:
     return d
 
 
+def copula(found: list[dict], features: tuple[str, ...] = COPULA_FEATURES) -> dict | None:
+    """The Gaussian copula of ``features`` over one class's measured cells: the correlation matrix of their
+    normal scores (van der Waerden: rank ``r`` of ``n`` -> ``Phi^-1(r / (n + 1))``, ties averaged), a
+    rank-based, consistent estimator of the copula's correlation that ignores the marginals (they stay
+    the measured quantiles). Cells missing a feature are left out; ``None`` below 20 complete cells.
+    The matrix is projected onto the positive-definite ones (eigenvalues at least 1e-3, unit diagonal)
+    so that the scene generator can factor it.
+
+    Returns ``{"features": [...], "corr": [[...]], "n": cells}``.
+    """
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    x = np.array([[r.get(f, math.nan) for f in features] for r in found], np.float64).reshape(-1, len(features))
+    x = x[np.isfinite(x).all(axis=1)]
+    n = len(x)
+    if n < 20:
+        return None
+    z = ndtri(np.column_stack([rankdata(col) for col in x.T]) / (n + 1))
+    sd = z.std(axis=0)
+    z = z[:, sd > 0]
+    if z.shape[1] != len(features):  # a constant feature: no correlation to measure
+        return None
+    return {"features": list(features), "corr": _positive_definite(np.corrcoef(z, rowvar=False)).round(4).tolist(),
+            "n": int(n)}
+
+
+def _positive_definite(c: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """Nearest-by-eigenvalue-clipping correlation matrix with eigenvalues at least ``floor`` (unit diagonal)."""
+    c = 0.5 * (c + c.T)
+    w, v = np.linalg.eigh(c)
+    c = (v * np.maximum(w, floor)) @ v.T
+    d = np.sqrt(np.diag(c))
+    c = c / np.outer(d, d)
+    np.fill_diagonal(c, 1.0)
+    return c
+
+
 def summarize(rows: dict[str, list[dict]]) -> dict:
     """Per-class distributions (``mean, sd, n, q05..q95``; lobe histogram) of :func:`measure_images` rows."""
     classes: dict[str, dict] = {}
@@ -447,6 +492,9 @@ def summarize(rows: dict[str, list[dict]]) -> dict:
             c["lobe_hist"] = {str(k): float((np.minimum(lobes, 5) == k).mean()) for k in range(1, 6)}
             band = [r for r in found if r["nuc_lobes"] == 1 and r["nuc_solidity"] < 0.8]
             c["band_fraction"] = float(len(band) / len(found))
+            cop = copula(found)
+            if cop is not None:
+                c["copula"] = cop
         if cls == "platelet" and found:
             pieces = np.array([r["plt_pieces"] for r in found])
             c["clumped_fraction"] = float((pieces >= 2).mean())
@@ -581,6 +629,8 @@ def _check(params: dict, source: str) -> dict:
                 isinstance(s.get(q), int | float) and math.isfinite(s.get(q)) for q in ("mean", "sd")
             ):
                 raise bad(f"class {cls!r}: missing or bad key {k!r} (needs numbers 'mean' and 'sd')")
+        if isinstance(c, dict) and c.get("copula") is not None:
+            _check_copula(c["copula"], f"classes.{cls}.copula", bad)
     if params["version"] >= 2:
         _check_derived(params.get("derived"), bad)
     if params.get("ambiguity") is not None:
@@ -641,6 +691,28 @@ def ambiguity_from_confusion(confusion, classes: list[str], *, source: str = "",
     if label_width is not None:
         out["label_width"] = float(label_width)
     return out
+
+
+def _check_copula(cop, where: str, bad) -> None:
+    """``copula``: ``features`` (names of :data:`COPULA_FEATURES`, no repeats) and ``corr``, a symmetric
+    positive-definite matrix with a unit diagonal, one row and column per feature."""
+    if not isinstance(cop, dict) or not isinstance(cop.get("features"), list) or not isinstance(cop.get("corr"), list):
+        raise bad(f"'{where}' needs a list 'features' and a matrix 'corr'")
+    f = cop["features"]
+    if not f or len(set(f)) != len(f) or any(x not in COPULA_FEATURES for x in f):
+        raise bad(f"'{where}.features' must be distinct names of {', '.join(COPULA_FEATURES)}, got {f!r}")
+    try:
+        c = np.array(cop["corr"], dtype=np.float64)
+    except (TypeError, ValueError):
+        c = np.zeros(0)
+    if c.shape != (len(f), len(f)) or not np.isfinite(c).all():
+        raise bad(f"'{where}.corr' must be a {len(f)}x{len(f)} matrix of finite numbers")
+    if not np.allclose(c, c.T, atol=1e-6) or not np.allclose(np.diag(c), 1.0, atol=1e-6):
+        raise bad(f"'{where}.corr' must be symmetric with a unit diagonal (a correlation matrix)")
+    try:
+        np.linalg.cholesky(c)
+    except np.linalg.LinAlgError:
+        raise bad(f"'{where}.corr' is not positive definite") from None
 
 
 def _check_ambiguity(a, bad) -> None:

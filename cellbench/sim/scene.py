@@ -270,20 +270,39 @@ def _default_morphology() -> dict:
 
 
 def _quantile_sample(stats: dict | None, rng: np.random.Generator, default: float, lo: float = -np.inf,
-                     hi: float = np.inf) -> float:
+                     hi: float = np.inf, u: float | None = None) -> float:
     """Draw from a measured distribution: piecewise-linear inverse CDF through its quantiles.
 
     ``stats`` holds ``q05 q25 q50 q75 q95`` (:func:`cellbench.sim.morphology.summarize`); the tails
     beyond q05 / q95 extend linearly by a quarter of the neighbouring inter-quantile step. Clipped to
-    ``[lo, hi]``; ``default`` when the statistic was not measured.
+    ``[lo, hi]``; ``default`` when the statistic was not measured. ``u``: the uniform to invert (the
+    cell's copula draw, :func:`_copula_uniforms`); drawn from ``rng`` when ``None``.
     """
-    u = rng.uniform()
+    if u is None:
+        u = rng.uniform()
     if not stats or "q50" not in stats:
         return float(np.clip(default, lo, hi))
     q = [stats["q05"], stats["q25"], stats["q50"], stats["q75"], stats["q95"]]
     qs = [q[0] - 0.25 * (q[1] - q[0])] + q + [q[4] + 0.25 * (q[4] - q[3])]
     v = float(np.interp(u, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0], qs))
     return float(np.clip(v, lo, hi))
+
+
+def _copula_normals(m: dict, rng: np.random.Generator) -> dict[str, float]:
+    """One cell's jointly drawn standard normals, by feature, from the class's measured Gaussian copula
+    (``m["copula"]``, :func:`cellbench.sim.morphology.copula`): ``z = L e`` with ``L`` the Cholesky factor of
+    the correlation matrix and ``e`` i.i.d. N(0, 1). Empty (and nothing drawn) for a class without one."""
+    cop = m.get("copula")
+    if not cop:
+        return {}
+    chol = np.linalg.cholesky(np.asarray(cop["corr"], np.float64))
+    z = chol @ rng.normal(0.0, 1.0, len(cop["features"]))
+    return dict(zip(cop["features"], (float(v) for v in z), strict=True))
+
+
+def _uniforms(z: dict[str, float]) -> dict[str, float]:
+    """``Phi(z)`` by feature: the copula's uniforms for :func:`_quantile_sample`."""
+    return {k: 0.5 * math.erfc(-v / math.sqrt(2.0)) for k, v in z.items()}
 
 
 def _corrections(morph: dict, cls: str) -> tuple[dict, dict]:
@@ -330,7 +349,9 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
     w = np.array([float(conf[k]) for k in names])
     b = names[min(int(np.searchsorted(np.cumsum(w / w.sum()), pick, side="right")), len(names) - 1)]
     ma, mb = morph["classes"].get(cls, {}), morph["classes"].get(b, {})
-    m = _lerp(ma, mb, t)
+    m = _lerp({k: v for k, v in ma.items() if k != "copula"}, {k: v for k, v in mb.items() if k != "copula"}, t)
+    if (ma if t < 0.5 else mb).get("copula"):  # the nearer class's joint structure (not interpolated)
+        m["copula"] = (ma if t < 0.5 else mb)["copula"]
     ha, hb = ma.get("lobe_hist") or {"1": 1.0}, mb.get("lobe_hist") or {"1": 1.0}
     m["lobe_hist"] = {k: (1 - t) * float(ha.get(k, 0.0)) + t * float(hb.get(k, 0.0)) for k in sorted({**ha, **hb})}
     pa, pb = _CLASS[cls], _CLASS[b]
@@ -545,19 +566,21 @@ def _solid(rng, size, nucl, ny, nx, area, ecc, solidity, t, *, solid_solidity: f
             nucl[dent[0]] *= 1 - dent[1]
 
 
-def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area, g: dict):
-    """Nucleus coverage ``(H, W)`` drawn from the class's measured shape distributions ``m``."""
+def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area, g: dict, u: dict[str, float] | None = None):
+    """Nucleus coverage ``(H, W)`` drawn from the class's measured shape distributions ``m`` (``u``: the
+    cell's copula uniforms by feature, :func:`_copula_normals`; independent draws for those it lacks)."""
+    u = u or {}
     nucl = np.zeros((size, size), np.float32)
-    nc = _quantile_sample(m.get("nc_ratio"), rng, 0.5, 0.12, 0.92)
+    nc = _quantile_sample(m.get("nc_ratio"), rng, 0.5, 0.12, 0.92, u.get("nc_ratio"))
     area = min(nc * g["nuc_area_gain"], 0.92) * cell_area
     hist = m.get("lobe_hist") or {"1": 1.0}
     ks = np.array([int(k) for k in hist])
     pk = np.array([float(v) for v in hist.values()])
     nl = int(rng.choice(ks, p=pk / pk.sum()))
-    ecc = _quantile_sample(m.get("nuc_eccentricity"), rng, 0.5, 0.0, 0.95)
+    ecc = _quantile_sample(m.get("nuc_eccentricity"), rng, 0.5, 0.0, 0.95, u.get("nuc_eccentricity"))
     p1 = float(hist.get("1", 0.0))
     band_p = float(m.get("band_fraction", 0.0)) / p1 if p1 > 0 else 0.0
-    off = _quantile_sample(m.get("nuc_offset"), rng, 0.1, 0.0, 0.6) * rc
+    off = _quantile_sample(m.get("nuc_offset"), rng, 0.1, 0.0, 0.6, u.get("nuc_offset")) * rc
     t = rng.uniform(0, 2 * math.pi)
     ny, nx = cy + off * math.sin(t), cx + off * math.cos(t)
     if nl >= 2:
@@ -566,9 +589,10 @@ def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area, g: dict):
         # a segmented class whose lobes touch in the image (measured as one lobe): 2-3 lobes close together
         _lobed(rng, size, nucl, ny, nx, rc, area, int(rng.integers(2, 4)), ecc, touching=True)
     elif rng.uniform() < band_p:
-        _band(rng, size, nucl, cy, cx, rc, area, _quantile_sample(m.get("nuc_width"), rng, 30.0, 8, 80))
+        _band(rng, size, nucl, cy, cx, rc, area, _quantile_sample(m.get("nuc_width"), rng, 30.0, 8, 80,
+                                                                    u.get("nuc_width")))
     else:
-        sol = _quantile_sample(m.get("nuc_solidity"), rng, 0.9, 0.72, 1.0)
+        sol = _quantile_sample(m.get("nuc_solidity"), rng, 0.9, 0.72, 1.0, u.get("nuc_solidity"))
         # the nucleus must stay inside the cell
         rmax = math.sqrt(area / math.pi)
         if off + rmax > 0.97 * rc:
@@ -643,8 +667,11 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
             _platelet(rng, size, cy, cx, g["plt_r_gain"] * math.sqrt(area / math.pi), layer0, mask, 0.8, 0.8)
         empty = (np.zeros(5, np.float32), np.zeros((size, size), np.float32))
         return Scene([layer0 * stain[:, None, None], empty, empty], depths, mask, cls)
+    # the cell's jointly drawn features (the class's measured copula; none for a class without one)
+    z = _copula_normals(m, rng)
+    cu = _uniforms(z)
     cell_area = c.get("area_gain", 1.0) * _quantile_sample(
-        m.get("cell_area"), rng, math.pi * p["radius"][0] ** 2, 2500.0, 40000.0
+        m.get("cell_area"), rng, math.pi * p["radius"][0] ** 2, 2500.0, 40000.0, cu.get("cell_area")
     )
     asp_c = rng.uniform(1.0, 1.1)
     rc = math.sqrt(cell_area * asp_c / math.pi)
@@ -657,14 +684,15 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     cell_a[sl] = a
     dome = np.zeros((size, size), np.float32)
     dome[sl] = a * (1.0 - 0.35 * np.clip(rho, 0, 1) ** 2)
-    nucl = _nucleus(rng, size, m, cy, cx, rc, cell_area * c.get("nuc_of_dense", 1.0), g) * cell_a
+    nucl = _nucleus(rng, size, m, cy, cx, rc, cell_area * c.get("nuc_of_dense", 1.0), g, cu) * cell_a
     fine = _smooth_noise(rng, size, 1.2)
     coarse = _smooth_noise(rng, size, 3.5)
     # per-cell cytoplasm amount: the measured between-cell spread of cytoplasm density
     # (log-normal, sigma ``cyt_cv_gain`` x the measured coefficient of variation, at most ``cyt_cv_max``)
     cyt_s = m.get("cyt_od")
     cyt_sigma = g["cyt_cv_gain"] * min(g["cyt_cv_max"], cyt_s["sd"] / max(cyt_s["mean"], 1e-3)) if cyt_s else 0.0
-    cyt_scale = float(np.exp(rng.normal(0, cyt_sigma))) if cyt_s else 1.0
+    cyt_z = z["cyt_od"] if "cyt_od" in z else (rng.normal(0, 1.0) if cyt_s else 0.0)
+    cyt_scale = float(np.exp(cyt_sigma * cyt_z)) if cyt_s else 1.0
     # per-cell cytoplasm composition (:data:`CYT_FACTORS`, sigmas ``cyt_factor_sd``): the class's
     # between-cell spread of cytoplasm colour beyond what the slide and the rendering give; drawn only
     # for classes that have it, so the other classes' scenes do not change
@@ -685,8 +713,8 @@ def make_scene(cls: str, rng: np.random.Generator, size: int = 256, *, slide: Sl
     layer0 += cell_a[None] * STAINS["plasma"][:, None, None]
     layer0 += cyt_amount[None] * cyt_stain[:, None, None]
     cg, cg0 = c.get("chrom_gain", (1.0, 1.0)), g["chrom_gain"]
-    fine_c = cg0[0] * cg[0] * _quantile_sample(m.get("chrom_fine"), rng, 0.15, 0.02, 0.5)
-    clump = cg0[1] * cg[1] * _quantile_sample(m.get("chrom_coarse"), rng, 0.14, 0.02, 0.5)
+    fine_c = cg0[0] * cg[0] * _quantile_sample(m.get("chrom_fine"), rng, 0.15, 0.02, 0.5, cu.get("chrom_fine"))
+    clump = cg0[1] * cg[1] * _quantile_sample(m.get("chrom_coarse"), rng, 0.14, 0.02, 0.5, cu.get("chrom_coarse"))
     chrom = np.clip(1 + fine_c * fine + clump * coarse, 0.15, 2.5)
     part1 = (p["nuc"] * stain, (nucl * chrom).astype(np.float32))
     part2 = (np.zeros(5, np.float32), np.zeros((size, size), np.float32))

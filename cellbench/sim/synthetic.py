@@ -19,6 +19,19 @@ from .pairs import simulate_pairs
 SYNTHETIC_DEFAULTS = {"n": 400, "size": 256, "seed": 0, "x": "dm1200-like", "y": "dm96-like"}
 
 
+def _split_items(spec: DataSpec, split: str, size: int | None, second_y: bool) -> tuple[int, int, dict]:
+    """``(start, count, simulate_pairs options)`` of one split of a ``synthetic`` spec."""
+    opts = {**SYNTHETIC_DEFAULTS, **spec.options}
+    n = int(opts["n"])
+    n_train, n_val = int(round(n * 0.8)), int(round(n * 0.1))
+    n_test = int(opts["test_n"]) if int(opts.get("test_n") or 0) > 0 else n - n_train - n_val
+    start, count = {"train": (0, n_train), "val": (n_train, n_val),
+                    "test": (n_train + n_val, n_test)}[split]
+    kw = dict(size=int(size or opts["size"]), seed=int(opts["seed"]), x_system=opts["x"], y_system=opts["y"],
+              second_y=second_y)
+    return start, count, kw
+
+
 def synthetic_split(spec: DataSpec, split: str, *, size: int | None = None, second_y: bool = False,
                     workers: int | None = None) -> PairedSet:
     """The simulator's pairs for one split: items are assigned to splits 80/10/10 by index.
@@ -28,18 +41,48 @@ def synthetic_split(spec: DataSpec, split: str, *, size: int | None = None, seco
     Each item depends only on ``(seed, index)``, so the same spec always gives the same data, with
     any number of ``workers`` (processes; default: the usable cores, :func:`cellbench.threads.usable_cores`).
     """
-    opts = {**SYNTHETIC_DEFAULTS, **spec.options}
-    n = int(opts["n"])
-    n_train, n_val = int(round(n * 0.8)), int(round(n * 0.1))
-    n_test = int(opts["test_n"]) if int(opts.get("test_n") or 0) > 0 else n - n_train - n_val
-    start, count = {"train": (0, n_train), "val": (n_train, n_val),
-                    "test": (n_train + n_val, n_test)}[split]
-    kw = dict(size=int(size or opts["size"]), seed=int(opts["seed"]), x_system=opts["x"], y_system=opts["y"],
-              second_y=second_y)
+    start, count, kw = _split_items(spec, split, size, second_y)
     workers = usable_cores() if workers is None else max(1, int(workers))
     if workers <= 1 or count < PARALLEL_MIN:
         return simulate_pairs(count, start=start, **kw)
     return _simulate_parallel(start, count, kw, workers)
+
+
+def synthetic_splits(spec: DataSpec, splits: tuple[str, ...], *, size: int | None = None,
+                     second_y: tuple[str, ...] = (), workers: int | None = None) -> dict[str, PairedSet]:
+    """Several splits of :func:`synthetic_split` at once, as 8-bit images (what the run's data stage stores).
+
+    One pool of ``workers`` processes simulates the chunks of every split (one start-up instead of one
+    per split, and no idle worker at the end of a small split); the images stay ``uint8`` from the
+    workers to the caller. The pixels equal ``synthetic_split``'s rounded to 8 bits exactly, for any
+    number of workers (``tests/test_synthetic_parallel.py``). ``second_y``: the splits that also get
+    the second Y rendering.
+    """
+    items = {s: _split_items(spec, s, size, s in second_y) for s in splits}
+    workers = usable_cores() if workers is None else max(1, int(workers))
+    total = sum(count for _, count, _ in items.values())
+    if workers <= 1 or total < PARALLEL_MIN:
+        return {s: _as_pairs([_eight_bit(simulate_pairs(count, start=start, **kw))], kw)
+                for s, (start, count, kw) in items.items()}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = -(-total // (workers * 4))  # a few chunks per worker: balanced, bounded pickles
+    jobs = [(s, c, min(chunk, start + count - c), kw) for s, (start, count, kw) in items.items()
+            for c in range(start, start + count, chunk)]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=die_with_parent) as ex:
+        parts = list(ex.map(_simulate_chunk, [j[1] for j in jobs], [j[2] for j in jobs], [j[3] for j in jobs]))
+    return {s: _as_pairs([q for j, q in zip(jobs, parts, strict=True) if j[0] == s], kw)
+            for s, (_, _, kw) in items.items()}
+
+
+def _as_pairs(parts: list[dict], kw: dict) -> PairedSet:
+    """:func:`_simulate_chunk` results, concatenated in order, as a uint8 :class:`PairedSet`."""
+    return PairedSet(x=torch.cat([q["x"] for q in parts]), y=torch.cat([q["y"] for q in parts]),
+                     labels=[lab for q in parts for lab in q["labels"]], ids=[i for q in parts for i in q["ids"]],
+                     masks=torch.cat([q["masks"] for q in parts]),
+                     y2=torch.cat([q["y2"] for q in parts]) if kw["second_y"] else None)
 
 
 #: Fewest pairs for which :func:`synthetic_split` simulates in worker processes (below, starting them
@@ -50,7 +93,11 @@ PARALLEL_MIN = 64
 def _simulate_chunk(start: int, count: int, kw: dict) -> dict:
     """Pairs ``start .. start+count-1`` as 8-bit tensors (what crosses the process boundary)."""
     torch.set_num_threads(1)
-    p = simulate_pairs(count, start=start, **kw)
+    return _eight_bit(simulate_pairs(count, start=start, **kw))
+
+
+def _eight_bit(p: PairedSet) -> dict:
+    """A simulated :class:`PairedSet` (float ``k / 255``) as a dict of 8-bit images, masks, labels and ids."""
     u8 = {k: getattr(p, k).mul(255.0).round_().to(torch.uint8) for k in ("x", "y", "y2") if getattr(p, k) is not None}
     return {**u8, "masks": p.masks, "labels": list(p.labels), "ids": list(p.ids)}
 
@@ -93,4 +140,4 @@ def load_training_data(spec: str | DataSpec, *, size: int = 256, seed: int = 0, 
     return load_folder_data(s, size=size, seed=seed, split=split, kinds=kinds)
 
 
-__all__ = ["SYNTHETIC_DEFAULTS", "load_training_data", "synthetic_split"]
+__all__ = ["SYNTHETIC_DEFAULTS", "load_training_data", "synthetic_split", "synthetic_splits"]
