@@ -47,10 +47,11 @@ not fragment the nucleus. Then, with ``t`` the summed optical density
   white cell: count per image and area; in the ``platelet`` class the central object's area and
   number of pieces (single vs clumped) instead of a white cell.
 
-Per class the folder gives, for each scalar, ``mean``, ``sd`` and the quantiles
-``q05 q25 q50 q75 q95`` over images (failures to find a cell are counted, not averaged), and the
-lobe-count histogram. :func:`measure_folder` returns the JSON-able dictionary, :func:`save_morphology`
-writes it atomically, :func:`load_morphology` reads and checks it.
+Per class the folder gives, for each scalar, ``mean``, ``sd`` and the quantiles ``q05 q25 q50 q75 q95``
+over images (failures to find a cell are counted, not averaged), the lobe-count histogram, and the
+Gaussian copula of the features the scene generator draws per cell (:data:`COPULA_FEATURES`;
+:func:`copula`: the correlation of their normal scores). :func:`measure_folder` returns the JSON-able
+dictionary, :func:`save_morphology` writes it atomically, :func:`load_morphology` reads and checks it.
 """
 
 from __future__ import annotations

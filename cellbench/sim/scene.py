@@ -13,16 +13,18 @@ different contrast (see :func:`cellbench.sim.system.render`).
 
 The ground-truth mask (labels of :mod:`cellbench.data.masks`) comes from the same geometry.
 
-Morphology is drawn from distributions **measured on real images**
-(:mod:`cellbench.sim.morphology`; the packaged ``params/morphology-pbc-v2.json`` was measured on the
-PBC DM96 train split): cell area, nucleus/cell ratio and offset, lobe count (separate lobes joined by
-strands, touching lobes, or band forms), eccentricity and indentation (kidney / folded nuclei),
-chromatin texture amplitude, per-cell cytoplasm amount, vacuoles, red-cell size and packing, field
-platelets and, in the platelet class, the central platelet's size and single/clumped form. Each
-quantity is drawn through its measured quantiles (:func:`_quantile_sample`), so intra-class spread
-and inter-class overlap are the measured ones. The rendering corrections (what the scene draws per
-unit of what the measurement returns, granule size and cover, red-cell pallor depth and spacing)
-are data too: the file's ``derived`` section, with each value's provenance (:func:`_corrections`).
+Morphology is drawn from distributions **measured on real images** (:mod:`cellbench.sim.morphology`; the
+packaged ``params/morphology-pbc-v2.json`` was measured on the PBC DM96 train split): cell area,
+nucleus/cell ratio and offset, lobe count (separate lobes joined by strands, touching lobes, or band
+forms), eccentricity and indentation (kidney / folded nuclei), chromatin texture amplitude, per-cell
+cytoplasm amount, vacuoles, red-cell size and packing, field platelets and, in the platelet class, the
+central platelet's size and single/clumped form. Each quantity is drawn through its measured quantiles
+(:func:`_quantile_sample`), so intra-class spread and inter-class overlap are the measured ones; the
+cell's shape, texture and cytoplasm-density features are drawn jointly, through the class's measured
+Gaussian copula (:func:`_copula_normals`), so that they co-vary as in real cells (a large cell has a low
+nucleus/cell ratio). The rendering corrections (what the scene draws per unit of what the measurement
+returns, granule size and cover, red-cell pallor depth and spacing) are data too: the file's ``derived``
+section, with each value's provenance (:func:`_corrections`).
 Region colours (``STAINS``, ``_CLASS``) are the colour calibration against PBC (docs/simulator.md).
 Lab variation: every scene lies on a :class:`Slide` (staining concentrations, time and buffer pH,
 smear thickness, focus), shared by all items of that slide and by both images of a pair
