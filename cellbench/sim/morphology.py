@@ -453,11 +453,9 @@ def copula(found: list[dict], features: tuple[str, ...] = COPULA_FEATURES) -> di
     n = len(x)
     if n < 20:
         return None
-    z = ndtri(np.column_stack([rankdata(col) for col in x.T]) / (n + 1))
-    sd = z.std(axis=0)
-    z = z[:, sd > 0]
-    if z.shape[1] != len(features):  # a constant feature: no correlation to measure
+    if (x.std(axis=0) == 0).any():  # a constant feature: no correlation to measure
         return None
+    z = ndtri(np.column_stack([rankdata(col) for col in x.T]) / (n + 1))
     return {"features": list(features), "corr": _positive_definite(np.corrcoef(z, rowvar=False)).round(4).tolist(),
             "n": int(n)}
 

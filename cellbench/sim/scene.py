@@ -278,7 +278,7 @@ def _quantile_sample(stats: dict | None, rng: np.random.Generator, default: floa
     ``stats`` holds ``q05 q25 q50 q75 q95`` (:func:`cellbench.sim.morphology.summarize`); the tails
     beyond q05 / q95 extend linearly by a quarter of the neighbouring inter-quantile step. Clipped to
     ``[lo, hi]``; ``default`` when the statistic was not measured. ``u``: the uniform to invert (the
-    cell's copula draw, :func:`_copula_uniforms`); drawn from ``rng`` when ``None``.
+    cell's copula draw, :func:`_uniforms`); drawn from ``rng`` when ``None``.
     """
     if u is None:
         u = rng.uniform()
@@ -352,8 +352,9 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
     b = names[min(int(np.searchsorted(np.cumsum(w / w.sum()), pick, side="right")), len(names) - 1)]
     ma, mb = morph["classes"].get(cls, {}), morph["classes"].get(b, {})
     m = _lerp({k: v for k, v in ma.items() if k != "copula"}, {k: v for k, v in mb.items() if k != "copula"}, t)
-    if (ma if t < 0.5 else mb).get("copula"):  # the nearer class's joint structure (not interpolated)
-        m["copula"] = (ma if t < 0.5 else mb)["copula"]
+    near = ma if t < 0.5 else mb
+    if near.get("copula"):  # the nearer class's joint structure (not interpolated)
+        m["copula"] = near["copula"]
     ha, hb = ma.get("lobe_hist") or {"1": 1.0}, mb.get("lobe_hist") or {"1": 1.0}
     m["lobe_hist"] = {k: (1 - t) * float(ha.get(k, 0.0)) + t * float(hb.get(k, 0.0)) for k in sorted({**ha, **hb})}
     pa, pb = _CLASS[cls], _CLASS[b]
@@ -570,7 +571,7 @@ def _solid(rng, size, nucl, ny, nx, area, ecc, solidity, t, *, solid_solidity: f
 
 def _nucleus(rng, size, m: dict, cy, cx, rc, cell_area, g: dict, u: dict[str, float] | None = None):
     """Nucleus coverage ``(H, W)`` drawn from the class's measured shape distributions ``m`` (``u``: the
-    cell's copula uniforms by feature, :func:`_copula_normals`; independent draws for those it lacks)."""
+    cell's copula uniforms by feature, :func:`_uniforms`; independent draws for those it lacks)."""
     u = u or {}
     nucl = np.zeros((size, size), np.float32)
     nc = _quantile_sample(m.get("nc_ratio"), rng, 0.5, 0.12, 0.92, u.get("nc_ratio"))

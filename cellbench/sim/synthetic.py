@@ -12,6 +12,7 @@ import torch
 from ..data.load import load_folder_data
 from ..data.sets import PairedSet, UnpairedSet
 from ..data.spec import DataSpec, parse_data_spec
+from ..tensors import as_float01
 from ..threads import die_with_parent, usable_cores
 from .pairs import simulate_pairs
 
@@ -60,21 +61,32 @@ def synthetic_splits(spec: DataSpec, splits: tuple[str, ...], *, size: int | Non
     """
     items = {s: _split_items(spec, s, size, s in second_y) for s in splits}
     workers = usable_cores() if workers is None else max(1, int(workers))
-    total = sum(count for _, count, _ in items.values())
-    if workers <= 1 or total < PARALLEL_MIN:
+    if workers <= 1 or sum(count for _, count, _ in items.values()) < PARALLEL_MIN:
         return {s: _as_pairs([_eight_bit(simulate_pairs(count, start=start, **kw))], kw)
                 for s, (start, count, kw) in items.items()}
+    return _simulate_pool(items, workers)
+
+
+def _simulate_pool(items: dict[str, tuple[int, int, dict]], workers: int) -> dict[str, PairedSet]:
+    """``{name: (start, count, simulate_pairs options)}`` simulated in contiguous chunks by ``workers``
+    spawned processes, as uint8 :class:`PairedSet` per name.
+
+    Every item depends only on ``(seed, index)`` and the renderings are 8-bit, so the result equals
+    the serial one exactly (``tests/test_synthetic_parallel.py``); the main process, which holds the
+    run's other state, is never forked.
+    """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    total = sum(count for _, count, _ in items.values())
     chunk = -(-total // (workers * 4))  # a few chunks per worker: balanced, bounded pickles
-    jobs = [(s, c, min(chunk, start + count - c), kw) for s, (start, count, kw) in items.items()
+    jobs = [(name, c, min(chunk, start + count - c), kw) for name, (start, count, kw) in items.items()
             for c in range(start, start + count, chunk)]
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=die_with_parent) as ex:
         parts = list(ex.map(_simulate_chunk, [j[1] for j in jobs], [j[2] for j in jobs], [j[3] for j in jobs]))
-    return {s: _as_pairs([q for j, q in zip(jobs, parts, strict=True) if j[0] == s], kw)
-            for s, (_, _, kw) in items.items()}
+    return {name: _as_pairs([q for j, q in zip(jobs, parts, strict=True) if j[0] == name], kw)
+            for name, (_, _, kw) in items.items()}
 
 
 def _as_pairs(parts: list[dict], kw: dict) -> PairedSet:
@@ -103,28 +115,11 @@ def _eight_bit(p: PairedSet) -> dict:
 
 
 def _simulate_parallel(start: int, count: int, kw: dict, workers: int) -> PairedSet:
-    """:func:`simulate_pairs` split into contiguous chunks simulated by ``workers`` spawned processes.
-
-    Every item depends only on ``(seed, index)`` and the renderings are 8-bit, so the result equals
-    the serial one exactly (``tests/test_synthetic_parallel.py``); the main process, which holds the
-    run's other state, is never forked.
-    """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    chunk = -(-count // (workers * 4))  # a few chunks per worker: balanced, bounded pickles
-    starts = list(range(start, start + count, chunk))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=die_with_parent) as ex:
-        parts = list(ex.map(_simulate_chunk, starts, [min(chunk, start + count - s) for s in starts],
-                            [kw] * len(starts)))
-
-    def cat(k: str) -> torch.Tensor:
-        return torch.cat([q[k] for q in parts]).float().div_(255.0)
-
-    return PairedSet(x=cat("x"), y=cat("y"), labels=[lab for q in parts for lab in q["labels"]],
-                     ids=[i for q in parts for i in q["ids"]], masks=torch.cat([q["masks"] for q in parts]),
-                     y2=cat("y2") if kw["second_y"] else None)
+    """:func:`simulate_pairs` of one split in ``workers`` spawned processes (:func:`_simulate_pool`), as
+    float32 ``k / 255`` images like the serial simulation."""
+    p = _simulate_pool({"split": (start, count, kw)}, workers)["split"]
+    return PairedSet(x=as_float01(p.x), y=as_float01(p.y), labels=p.labels, ids=p.ids, masks=p.masks,
+                     y2=None if p.y2 is None else as_float01(p.y2))
 
 
 def load_training_data(spec: str | DataSpec, *, size: int = 256, seed: int = 0, split: str = "train",
