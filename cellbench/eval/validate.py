@@ -91,7 +91,7 @@ __all__ = ["TARGETS", "validate_simulator", "simulator_fingerprint", "sim_test_s
 #: Issue #14's targets (accuracy in [0, 1]).
 TARGETS: dict[str, float] = {"sim_to_real": 0.60, "real_to_sim": 0.85}
 #: Version of the cache layout and key (bump when either changes meaning).
-CACHE_FORMAT = "cellbench-validate-real-v1"
+CACHE_FORMAT = "cellbench-validate-real-v2"  # v2: classifier SELECTION with the loss tie-break
 REAL_EVAL = ("all", "test")
 _CHUNK = 32  # simulated images per chunk (memory: 256 px float pairs are 1.5 MB each)
 

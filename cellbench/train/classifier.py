@@ -11,7 +11,7 @@ Training with ``work_dir`` keeps::
                                model "classifier.*" and the best weights "best.*"; state.pt the
                                optimizer, schedule and early-stopping state; meta.json the key)
     WORK_DIR/train_log.jsonl   one line per epoch: epoch, train_loss, train_acc, val_acc, val_loss, ...
-    WORK_DIR/best/             the returned (best validation accuracy) classifier, once training ended
+    WORK_DIR/best/             the returned classifier (SELECTION: best validation accuracy, then loss)
 
 so an interrupted run resumes from its last finished epoch.
 """
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train_log.jsonl"
+#: The epoch kept (part of the checkpoint key, so a work folder of another rule does not resume): the best
+#: validation accuracy, and among equally accurate epochs the lowest validation loss.
+SELECTION = "val_acc, then val_loss"
 
 #: Every training option with its default; presets (models/classifier.toml) and overrides set them.
 DEFAULTS: dict[str, Any] = {
@@ -135,7 +138,8 @@ def train_classifier(train: LabelledSet, val: LabelledSet, *, preset: str | None
     Returns
     -------
     WBCClassifier
-        The weights of the epoch with the best validation accuracy, in eval mode and frozen;
+        The weights of the epoch with the best validation accuracy (among equally accurate epochs, the lowest
+        validation loss: :data:`SELECTION`), in eval mode and frozen;
         ``clf.info`` holds ``best_epoch``, ``best_val_acc``, ``epochs_run`` and ``history``.
     """
     from tqdm.auto import tqdm
@@ -210,7 +214,10 @@ def train_classifier(train: LabelledSet, val: LabelledSet, *, preset: str | None
                 correct += int((out.argmax(1) == yb).sum())
                 seen += len(idx)
             val_loss, val_acc = _evaluate_tensors(clf, x_val, y_val, cfg["eval_batch_size"])
-            improved = val_acc > state["best_acc"]  # accuracy only: ties keep the earlier epoch
+            # SELECTION: accuracy on a small validation split saturates early (every epoch at 1.0); without the
+            # loss the first such epoch would be kept, and the score would depend on when the tie began.
+            improved = val_acc > state["best_acc"] or (val_acc == state["best_acc"]
+                                                       and val_loss < state["best_loss"])
             if improved:
                 state.update(best_acc=val_acc, best_loss=val_loss, best_epoch=epoch, bad_epochs=0,
                              best_state={k: v.detach().cpu().clone() for k, v in clf.state_dict().items()})
@@ -373,7 +380,7 @@ def _load_pretrained(clf: WBCClassifier, path: Path) -> None:
 def _config_key(cfg: dict[str, Any], classes: list[str], seed: int, train: LabelledSet,
                 val: LabelledSet) -> str:
     skip = {"device", "threads", "eval_batch_size"}
-    return json.dumps({"cfg": {k: v for k, v in _jsonable(cfg).items() if k not in skip},
+    return json.dumps({"cfg": {k: v for k, v in _jsonable(cfg).items() if k not in skip}, "select": SELECTION,
                        "classes": classes, "seed": seed, "n_train": len(train), "n_val": len(val),
                        "train_ids": _digest(train.ids), "val_ids": _digest(val.ids)}, sort_keys=True)
 
