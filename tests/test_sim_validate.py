@@ -117,6 +117,31 @@ def test_second_run_reuses_the_real_classifier(result, real_dir, work_dir):
     assert other["cache"]["dir"] != str(entry) and other["cache"]["reused"] is False
 
 
+def test_several_simulated_side_classifiers(result, real_dir, work_dir, capsys):
+    """``sim_seeds=3``: the first classifier is the one-seed run's (same seed, same images: identical records),
+    the summary holds every classifier's accuracy on the same images, and the target is judged on the mean."""
+    many = validate_simulator(real_dir, work_dir=work_dir, sim_seeds=3, **SMALL)
+    assert many["sim_to_real"] == result["sim_to_real"] and many["sim_to_sim"] == result["sim_to_sim"]
+    assert many["real_to_sim"] == result["real_to_sim"]  # the real side does not depend on it
+    assert "sim_to_real_seeds" not in result
+    for name in ("sim_to_real", "sim_to_sim"):
+        m = many[f"{name}_seeds"]
+        assert m["seeds"] == [0, 1, 2] and len(m["accuracy"]) == 3
+        assert m["accuracy"][0] == many[name]["accuracy"]
+        assert m["mean"] == pytest.approx(np.mean(m["accuracy"]))
+        assert m["sd"] == pytest.approx(np.std(m["accuracy"], ddof=1))
+        assert set(m["per_class_mean"]) == set(many[name]["per_class"])
+    assert many["passed"]["sim_to_real"] == (many["sim_to_real_seeds"]["mean"] >= TARGETS["sim_to_real"])
+    assert many["settings"]["sim_seeds"] == 3
+    rc = main(["simulate", "validate", "--real", str(real_dir), "--work", str(work_dir), "--sim-seeds", "2",
+               *CLI_SMALL])
+    text = capsys.readouterr().out
+    assert "2 classifiers (seeds 0-1)" in text and "the figure the target is judged on" in text
+    assert rc == (0 if "PASS:" in text.splitlines()[-1] else 1)
+    assert "--sim-seeds" in _one_line_error(capsys, ["simulate", "validate", "--real", str(real_dir),
+                                                     "--sim-seeds", "0", *CLI_SMALL])
+
+
 def test_cli_json(real_dir, work_dir, capsys):
     rc = main(["simulate", "validate", "--real", str(real_dir), "--work", str(work_dir), "--json", *CLI_SMALL])
     out = json.loads(capsys.readouterr().out)
