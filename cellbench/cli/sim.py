@@ -105,8 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--workers", type=int, default=1, help="processes rendering simulated images (default 1)")
     v.add_argument("--sim-seeds", type=int, default=1,
                    help="train this many simulated-side classifiers (seeds SEED..SEED+N-1) on the same simulated "
-                   "images and judge sim -> real on their mean: one classifier's figure moves by several points "
-                   "with its initialisation alone (default 1; each more costs about 80 s)")
+                   "images and judge sim -> real on their mean: one classifier's figure moves by 1-2 points, and per "
+                   "class by 10 or more, with its initialisation alone (default 1; each more costs about 80 s)")
     v.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=_validate)

@@ -364,8 +364,8 @@ def validate_simulator(
         Processes that render simulated images (the images do not depend on it).
     sim_seeds:
         Simulated-side classifiers to train on the same simulated images, with seeds ``seed .. seed +
-        sim_seeds - 1``. One classifier's sim -> real moves by several points with its initialisation and
-        batch order alone (per class by 10-20), which is as much as many simulator changes move it; with
+        sim_seeds - 1``. One classifier's sim -> real moves by one to two points with its initialisation and
+        batch order alone, and per class by 10 points or more, which is as much as many simulator changes; with
         more than one, ``sim_to_real_seeds`` / ``sim_to_sim_seeds`` hold every classifier's accuracy, their
         mean, sd and per-class means, and the sim -> real target is judged on the mean. ``sim_to_real`` and
         ``sim_to_sim`` stay the first classifier's full records.
