@@ -216,8 +216,7 @@ def train_classifier(train: LabelledSet, val: LabelledSet, *, preset: str | None
             val_loss, val_acc = _evaluate_tensors(clf, x_val, y_val, cfg["eval_batch_size"])
             # SELECTION: accuracy on a small validation split saturates early (every epoch at 1.0); without the
             # loss the first such epoch would be kept, and the score would depend on when the tie began.
-            improved = val_acc > state["best_acc"] or (val_acc == state["best_acc"]
-                                                       and val_loss < state["best_loss"])
+            improved = (val_acc, -val_loss) > (state["best_acc"], -state["best_loss"])
             if improved:
                 state.update(best_acc=val_acc, best_loss=val_loss, best_epoch=epoch, bad_epochs=0,
                              best_state={k: v.detach().cpu().clone() for k, v in clf.state_dict().items()})
