@@ -301,9 +301,16 @@ def test_ambiguity_rates_are_twice_the_real_error_share():
     amb = ambiguity_from_confusion(cm, classes, source="unit test")
     assert amb["rates"] == {"ig": 0.4, "neutrophil": 0.04}
     assert amb["confusers"] == {"ig": {"neutrophil": 0.6, "monocyte": 0.4}, "neutrophil": {"ig": 1.0}}
-    assert "unit test" in amb["how"]
+    assert "unit test" in amb["how"] and "ambiguous_fraction" not in amb
+    # only half the real errors attributed to ambiguity (the packaged file's choice): every rate halves
+    half = ambiguity_from_confusion(cm, classes, ambiguous_fraction=0.5)
+    assert half["rates"] == {"ig": 0.2, "neutrophil": 0.02} and half["confusers"] == amb["confusers"]
+    assert half["ambiguous_fraction"] == 0.5 and "0.5" in half["how"]
     with pytest.raises(ValueError, match="shape"):
         ambiguity_from_confusion([[1, 0], [0, 1]], classes)
+    for f in (0.0, 1.5):
+        with pytest.raises(ValueError, match="ambiguous_fraction"):
+            ambiguity_from_confusion(cm, classes, ambiguous_fraction=f)
 
 
 def test_borderline_cells_lie_between_their_class_and_the_confuser():
@@ -335,6 +342,15 @@ def test_borderline_cells_lie_between_their_class_and_the_confuser():
         assert c["cyt_tex_coarse"] == pytest.approx((1 - t) * g_tex + t * l_tex)
         ts.append(t)
     assert min(ts) < 0.4 and max(ts) > 0.6  # t is drawn, not fixed
+    # t_range [lo, hi]: t uniform on it (one point: every cell at that t; what sim_borderline.py draws)
+    for lo, hi in ((0.3, 0.3), (0.6, 0.8)):
+        ranged = json.loads(json.dumps(border))
+        ranged["ambiguity"]["t_range"] = [lo, hi]
+        for i in range(8):
+            m = _borderline(ranged, "ig", np.random.default_rng(i))[0]
+            t = (m["nc_ratio"]["q50"] - a_nc) / (b_nc - a_nc)
+            assert lo - 1e-9 <= t <= hi + 1e-9
+            assert t == pytest.approx(lo + (hi - lo) * (ts[i] - 0.0), abs=1e-9)  # the same draw, rescaled
 
     no_amb = json.loads(json.dumps(base))
     no_amb.pop("ambiguity", None)
@@ -352,6 +368,8 @@ def test_borderline_cells_lie_between_their_class_and_the_confuser():
     ({"rates": {"ig": 0.1}, "confusers": {}, "how": "x"}, "confusers.ig"),
     ({"rates": {"ig": 0.1}, "confusers": {"ig": {"ig": 1}}, "how": "x"}, "another white-cell class"),
     ({"rates": {"ig": 0.1}, "confusers": {"ig": {"neutrophil": 1}}}, "how"),
+    ({"rates": {"ig": 0.1}, "confusers": {"ig": {"neutrophil": 1}}, "how": "x", "ambiguous_fraction": 0}, "fraction"),
+    ({"rates": {"ig": 0.1}, "confusers": {"ig": {"neutrophil": 1}}, "how": "x", "t_range": [0.8, 0.2]}, "t_range"),
 ])
 def test_bad_ambiguity_section_names_the_key(tmp_path, section, match):
     params = load_morphology()
@@ -537,6 +555,7 @@ def test_scenes_draw_their_features_jointly_through_the_class_copula():
     from cellbench.data.masks import WBC_LABELS
 
     base = load_morphology()
+    base.pop("ambiguity", None)  # ordinary cells only: a borderline one takes its nearer class's copula
     rho = {}
     for r in (0.9, -0.9):
         m = _with_copula(base, "lymphocyte", r)

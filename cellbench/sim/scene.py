@@ -334,11 +334,13 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
     """A borderline cell of class ``cls`` (the morphology file's ``ambiguity`` section; see
     :func:`cellbench.sim.morphology.ambiguity_from_confusion`): with probability ``rates[cls]``, the
     measured shape statistics, the stains and the rendering corrections at a uniform fraction ``t``
-    of the way from ``cls`` to a confuser drawn by ``confusers[cls]``. Returns ``(m, p, c, look, label)``
-    (``look``: the nearer class, for the granule mask; ``label``: ``cls``, or with the section's
-    ``label_width`` w the confuser with probability ``1 / (1 + exp(-(t - 1/2) / w))``, an expert labelling by
-    the nearer class with a soft border; w = 0: the nearer class), or ``None`` for an ordinary cell. Draws from
-    ``rng`` only for classes with a positive rate (the other classes' scenes do not change)."""
+    of the way from ``cls`` to a confuser drawn by ``confusers[cls]`` (uniform on the section's optional
+    ``t_range`` [lo, hi], default [0, 1]: ``benchmarks/sim_borderline.py`` draws cells at one ``t``).
+    Returns ``(m, p, c, look, label)`` (``look``: the nearer class, for the granule mask; ``label``:
+    ``cls``, or with the section's ``label_width`` w the confuser with probability
+    ``1 / (1 + exp(-(t - 1/2) / w))``, an expert labelling by the nearer class with a soft border; w = 0:
+    the nearer class), or ``None`` for an ordinary cell. Draws from ``rng`` only for classes with a
+    positive rate (the other classes' scenes do not change)."""
     amb = morph.get("ambiguity")
     rate = float(amb["rates"].get(cls, 0.0)) if amb else 0.0
     if rate <= 0.0:
@@ -346,6 +348,8 @@ def _borderline(morph: dict, cls: str, rng: np.random.Generator) -> tuple[dict, 
     u, pick, t = rng.uniform(), rng.uniform(), rng.uniform()
     if u >= rate:
         return None
+    lo, hi = amb.get("t_range", (0.0, 1.0))  # where on the way to the confuser (default: anywhere)
+    t = lo + (hi - lo) * t
     conf = amb["confusers"][cls]
     names = sorted(conf)
     w = np.array([float(conf[k]) for k in names])
