@@ -600,3 +600,18 @@ def test_bad_copula_names_the_class_and_key(tmp_path, corr, match):
     with pytest.raises(ConfigError, match=match) as e:
         load_morphology(p)
     assert str(p) in str(e.value) and "classes.monocyte.copula" in str(e.value)
+
+
+def test_sim_borderline_draws_cells_at_the_given_t(benchmark_script):
+    """``benchmarks/sim_borderline.py``'s renderer: ``n`` dm96-like images of class a drawn at exactly ``t`` towards b
+    (reproducible; t = 0 and t = 1 give different cells from the same random streams), the morphology untouched."""
+    mod = benchmark_script("sim_borderline")
+    morph = load_morphology()
+    before = json.dumps(morph, sort_keys=True)
+    at0 = mod.borderline_images(morph, "ig", "lymphocyte", 0.0, 2, size=64)
+    at1 = mod.borderline_images(morph, "ig", "lymphocyte", 1.0, 2, size=64)
+    assert len(at0) == 2 and at0[0].shape == (64, 64, 3) and at0[0].dtype == np.uint8
+    again = mod.borderline_images(morph, "ig", "lymphocyte", 0.0, 2, size=64)
+    assert all(np.array_equal(a, b) for a, b in zip(at0, again, strict=True))
+    assert not np.array_equal(at0[0], at1[0])
+    assert json.dumps(morph, sort_keys=True) == before
