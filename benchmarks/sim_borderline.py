@@ -24,31 +24,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from cellbench.data.sets import LabelledSet
-from cellbench.data.spec import DataSpec
-from cellbench.sim import synthetic_split
+from cellbench.sim import simulate_pair
 from cellbench.sim.morphology import load_morphology
-from cellbench.sim.pairs import slide_for
-from cellbench.sim.scene import make_scene
-from cellbench.sim.system import load_system, render
-from cellbench.train.classifier import evaluate_classifier, train_classifier
+from cellbench.train.classifier import evaluate_classifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_classifier import runall_classifier  # noqa: E402 - the sibling benchmark's run-all classifier
 
 
 def borderline_images(morph: dict, a: str, b: str, t: float, n: int, *, seed: int = 777, size: int = 256):
-    """``n`` dm96-like renderings of class ``a`` drawn borderline towards ``b`` at exactly ``t``."""
+    """``n`` dm96-like (Y) renderings of class ``a`` drawn borderline towards ``b`` at exactly ``t`` (pairs
+    ``0 .. n-1`` of :func:`cellbench.sim.simulate_pair` with a one-class, rate-1 section)."""
     m = json.loads(json.dumps(morph))
     m["ambiguity"] = {"rates": {a: 1.0}, "confusers": {a: {b: 1.0}}, "how": "sim_borderline.py", "t_range": [t, t]}
-    sy = load_system("dm96-like")
-    out = []
-    for i in range(n):
-        ss = np.random.SeedSequence(seed, spawn_key=(i,))
-        r_scene, r_y = (np.random.default_rng(s) for s in ss.spawn(2))
-        scene = make_scene(a, r_scene, size, slide=slide_for(seed, i), morphology=m)
-        out.append(render(sy, scene.parts, scene.depths_um, rng=r_y))
-    return out
+    return [simulate_pair(i, size=size, seed=seed, classes=[a], morphology=m).y for i in range(n)]
 
 
 def main() -> None:
@@ -65,12 +60,7 @@ def main() -> None:
         sys.exit("the packaged morphology file has no 'ambiguity' section: nothing to probe")
     pairs = [(a, b) for a in sorted(amb["confusers"]) for b in sorted(amb["confusers"][a])]
 
-    import torch
-
-    spec = DataSpec("synthetic", None, {"n": "800", "test_n": "400"})
-    sets = {s: synthetic_split(spec, s, size=256) for s in ("train", "val")}
-    ys = {s: LabelledSet(d.y, d.labels, d.ids) for s, d in sets.items()}
-    clf = train_classifier(ys["train"], ys["val"], preset="quick", seed=args.seed, progress=False, threads=1)
+    clf = runall_classifier(seed=args.seed, splits=("train", "val"))[0]
     rows = []
     print(f"{'class':>13} -> {'confuser':<13} {'t':>4}  called class / confuser / other (of {args.n})")
     for a, b in pairs:

@@ -34,29 +34,34 @@ from cellbench.sim import synthetic_split
 from cellbench.train.classifier import evaluate_classifier, train_classifier
 
 
+def runall_classifier(n: int = 800, test_n: int = 400, *, seed: int = 0, size: int = 256, preset: str = "quick",
+                      threads: int = 1, splits: tuple[str, ...] = ("train", "val", "test")):
+    """Run-all's classifier stage: ``(classifier, {split: Y images as a LabelledSet}, timing)``, trained on the
+    synthetic train/val Y images (``splits`` must hold both; add ``"test"`` to get the test images too)."""
+    spec = DataSpec("synthetic", None, {"n": str(n), "test_n": str(test_n)})
+    t0 = time.perf_counter()
+    ys = {}
+    for s in splits:
+        d = synthetic_split(spec, s, size=size)
+        ys[s] = LabelledSet(d.y, d.labels, d.ids)
+    t_sim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    clf = train_classifier(ys["train"], ys["val"], preset=preset, seed=seed, progress=False, threads=threads)
+    return clf, ys, {"simulate_s": t_sim, "train_s": time.perf_counter() - t0}
+
+
 def measure(n: int = 800, test_n: int = 400, *, seed: int = 0, size: int = 256, preset: str = "quick",
             threads: int = 1) -> dict:
     """Train on the synthetic train/val Y images and score the test Y images (run-all's classifier stage)."""
-    spec = DataSpec("synthetic", None, {"n": str(n), "test_n": str(test_n)})
-    t0 = time.perf_counter()
-    sets = {s: synthetic_split(spec, s, size=size) for s in ("train", "val", "test")}
-    t_sim = time.perf_counter() - t0
-
-    def ys(s: str) -> LabelledSet:
-        d = sets[s]
-        return LabelledSet(d.y, d.labels, d.ids)
-
-    t0 = time.perf_counter()
-    clf = train_classifier(ys("train"), ys("val"), preset=preset, seed=seed, progress=False, threads=threads)
-    t_train = time.perf_counter() - t0
-    res = evaluate_classifier(clf, ys("test"))
+    clf, ys, timing = runall_classifier(n, test_n, seed=seed, size=size, preset=preset, threads=threads)
+    res = evaluate_classifier(clf, ys["test"])
     k = int(np.trace(np.asarray(res["confusion"])))
     lo, hi = wilson_interval(k, res["n"])
     return {"accuracy": res["accuracy"], "ci95": [lo, hi], "n": res["n"], "per_class": res["per_class"],
             "per_class_n": res["per_class_n"], "confusion": res["confusion"], "classes": res["classes"],
             "best_epoch": clf.info.get("best_epoch"), "epochs_run": clf.info.get("epochs_run"),
             "settings": {"n": n, "test_n": test_n, "seed": seed, "size": size, "preset": preset, "threads": threads},
-            "timing": {"simulate_s": t_sim, "train_s": t_train}}
+            "timing": timing}
 
 
 def main(argv=None) -> int:

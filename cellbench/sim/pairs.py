@@ -98,14 +98,16 @@ def simulate_pair(
     second_y: bool = False,
     max_shift_px: float = 0.5,
     max_rotation_deg: float = 0.1,
+    morphology: dict | None = None,
 ) -> SimulatedPair:
-    """Render pair number ``index`` (a pure function of ``seed`` and ``index``)."""
+    """Render pair number ``index`` (a pure function of ``seed`` and ``index``); ``morphology``: the scene's
+    measured morphology (:func:`cellbench.sim.morphology.load_morphology`; ``None``: the packaged file)."""
     cls_list = _classes(classes)
     sx, sy = load_system(x_system), load_system(y_system)
     cls = cls_list[index % len(cls_list)]
     ss = np.random.SeedSequence(int(seed), spawn_key=(int(index),))
     r_scene, r_x, r_y, r_y2, r_wx, r_wy2 = (np.random.default_rng(s) for s in ss.spawn(6))
-    scene = make_scene(cls, r_scene, size, slide=slide_for(seed, index))
+    scene = make_scene(cls, r_scene, size, slide=slide_for(seed, index), morphology=morphology)
     y = render(sy, scene.parts, scene.depths_um, rng=r_y)
     x = render(
         sx, scene.parts, scene.depths_um, rng=r_x, warp=Warp.random(r_wx, max_shift_px, max_rotation_deg)
